@@ -1,0 +1,141 @@
+"""`DataSpec`: every option that decides which federated dataset is built, validated at construction."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from bouquet.data.federated import DataError
+
+SYNTHETIC = ("synthetic_linear", "synthetic_mlp")
+BUNDLED = ("digits", "mnist5k")  # shipped inside Python packages, no official test split
+IDX_DATASETS = ("mnist", "fashion_mnist")
+CIFAR_DATASETS = ("cifar10", "cifar100")
+DATASETS = SYNTHETIC + BUNDLED + IDX_DATASETS + CIFAR_DATASETS
+SHIFTS = ("none", "rotate", "label_shift", "cifar100_groups")
+PARTITIONS = ("iid", "dirichlet")
+DEFAULT_PATHS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which federated dataset to build; invalid values raise `DataError` naming the field."""
+
+    #: dataset name, one of `DATASETS`
+    name: str
+    #: number of clients K (client ids 0..K-1)
+    num_clients: int
+    #: number of clusters C; client k belongs to cluster k % C
+    num_clusters: int = 1
+    #: per-cluster shift: none | rotate ((360/C)*c degrees) | label_shift ((y+c) mod K) | cifar100_groups
+    shift: str = "none"
+    #: how rows are split among clients: iid | dirichlet (label skew)
+    partition: str = "iid"
+    #: Dirichlet concentration over classes (smaller = more skew)
+    alpha: float = 0.5
+    #: keep this fraction of each client's training rows (FLoRAL "5%" = 0.05), at least `min_train`
+    fraction: float = 1.0
+    #: lower bound on training rows per client for `fraction` and `dirichlet`
+    min_train: int = 10
+    #: exact number of training rows per client (None = the client's whole share)
+    train_per_client: int | None = None
+    #: exact number of test rows per client (None = the client's whole share)
+    test_per_client: int | None = None
+    #: test share of each client's rows for sources without an official test split, and synthetic data
+    test_fraction: float = 0.2
+    #: allow sampling with replacement within a client's train (or test) rows to reach the exact sizes
+    resample: bool = False
+    #: directory of the files for mnist / fashion_mnist / cifar10 / cifar100
+    path: str | None = None
+    #: seed of every random choice (partition, subsets, synthetic parameters)
+    seed: int = 0
+    #: per-channel standardisation of images with statistics of all clients' training rows
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DataSpec:
+        """Build a spec from a config mapping; unknown keys raise `DataError`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DataError(f"data.{unknown[0]}: unknown option; expected one of {sorted(known)}")
+        for required in ("name", "num_clients"):
+            if required not in values:
+                raise DataError(f"data.{required}: missing required option")
+        return cls(**values)
+
+    def resolved_path(self) -> str | None:
+        """The directory to read: `path` or the dataset's default."""
+        return self.path if self.path is not None else DEFAULT_PATHS.get(self.name)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fail(field: str, expected: str, got: Any) -> DataError:
+    return DataError(f"data.{field}: expected {expected}, got {got!r}")
+
+
+def _validate(s: DataSpec) -> None:
+    """Check each field's type and range, then the combinations that make no sense."""
+    if s.name not in DATASETS:
+        raise _fail("name", f"one of {', '.join(DATASETS)}", s.name)
+    for f in ("num_clients", "num_clusters", "min_train"):
+        v = getattr(s, f)
+        if not _is_int(v) or v < 1:
+            raise _fail(f, "an integer >= 1", v)
+    if s.num_clusters > s.num_clients:
+        raise _fail("num_clusters", f"at most num_clients ({s.num_clients})", s.num_clusters)
+    if s.shift not in SHIFTS:
+        raise _fail("shift", f"one of {', '.join(SHIFTS)}", s.shift)
+    if s.partition not in PARTITIONS:
+        raise _fail("partition", f"one of {', '.join(PARTITIONS)}", s.partition)
+    if not _is_num(s.alpha) or s.alpha <= 0:
+        raise _fail("alpha", "a number > 0", s.alpha)
+    if not _is_num(s.fraction) or not 0 < s.fraction <= 1:
+        raise _fail("fraction", "a number in (0, 1]", s.fraction)
+    if not _is_num(s.test_fraction) or not 0 <= s.test_fraction < 1:
+        raise _fail("test_fraction", "a number in [0, 1)", s.test_fraction)
+    if s.train_per_client is not None and (not _is_int(s.train_per_client) or s.train_per_client < 1):
+        raise _fail("train_per_client", "None or an integer >= 1", s.train_per_client)
+    if s.test_per_client is not None and (not _is_int(s.test_per_client) or s.test_per_client < 0):
+        raise _fail("test_per_client", "None or an integer >= 0", s.test_per_client)
+    if s.train_per_client is not None and s.fraction != 1.0:
+        raise _fail("fraction", "1.0 when train_per_client is set (they both fix the train size)", s.fraction)
+    for f in ("resample", "normalize"):
+        if not isinstance(getattr(s, f), bool):
+            raise _fail(f, "a bool", getattr(s, f))
+    if not _is_int(s.seed):
+        raise _fail("seed", "an integer", s.seed)
+    _validate_combination(s)
+
+
+def _validate_combination(s: DataSpec) -> None:
+    """Options that depend on the dataset family."""
+    if s.path is not None and not isinstance(s.path, str | os.PathLike):
+        raise _fail("path", "None or a directory path", s.path)
+    if s.name in SYNTHETIC + BUNDLED and s.path is not None:
+        raise _fail("path", f"None ({s.name} needs no files)", s.path)
+    if s.name in ("mnist",) + CIFAR_DATASETS and s.path is None:
+        raise DataError(f"data.path: expected the directory holding the {s.name} files, got None "
+                        f"({s.name} has no default location)")
+    if s.name in SYNTHETIC:
+        if s.shift != "none":
+            raise _fail("shift", f"'none' for {s.name} (its clusters come from the task itself)", s.shift)
+        if s.normalize:
+            raise _fail("normalize", f"False for {s.name} (not an image dataset)", s.normalize)
+    if s.shift == "cifar100_groups" and s.name == "cifar100" and 100 % s.num_clusters:
+        raise _fail("num_clusters", "a divisor of 100 with shift=cifar100_groups", s.num_clusters)
+    if s.shift == "cifar100_groups" and s.name != "cifar100" and s.num_clusters > 10:
+        raise _fail("num_clusters", f"at most 10 (the classes of {s.name}) with shift=cifar100_groups",
+                    s.num_clusters)
