@@ -1,0 +1,80 @@
+"""Pure tensor maths of the adaptor mixtures; every function here is safe under vmap and grad."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rank_scale(pi: Tensor, rank: int) -> Tensor:
+    """Repeat each pi_c over its adaptor's `rank` channels: [C] -> [C * rank]."""
+    return pi[:, None].expand(pi.shape[0], rank).reshape(-1)
+
+
+def mixed_bias(pi: Tensor, bias: Tensor | None) -> Tensor | None:
+    """sum_c pi_c b_c for adaptor biases [C, out], or None without biases."""
+    return None if bias is None else pi @ bias
+
+
+def mixture_linear_delta(
+    x: Tensor, lora_A: Tensor, lora_B: Tensor, pi: Tensor, lora_bias: Tensor | None
+) -> Tensor:
+    """sum_c pi_c (B_c A_c x + b_c) for A [C, r, in], B [C, out, r], x [..., in].
+
+    All C adaptors run as one rank-(C*r) product: h = x A_cat^T, scale each rank block by pi_c,
+    then h B_cat^T, which sums over c for free.
+    """
+    num, rank, d_in = lora_A.shape
+    a_cat = lora_A.reshape(num * rank, d_in)
+    b_cat = lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], num * rank)
+    h = (x @ a_cat.T) * rank_scale(pi, rank)
+    out = h @ b_cat.T
+    bias = mixed_bias(pi, lora_bias)
+    return out if bias is None else out + bias
+
+
+def mixture_conv2d_delta(
+    x: Tensor,
+    lora_A: Tensor,
+    lora_B: Tensor,
+    pi: Tensor,
+    lora_bias: Tensor | None,
+    opts_a: dict[str, Any],
+    opts_b: dict[str, Any],
+) -> Tensor:
+    """ConvLoRA mixture, A [C, r, in, ka_h, ka_w], B [C, out, r, kb_h, kb_w], x [N, in, H, W] or [in, H, W].
+
+    One conv to C*r channels, a per-channel pi scale, one conv back to `out` channels.
+    """
+    num, rank = lora_A.shape[:2]
+    a_cat = lora_A.reshape(num * rank, *lora_A.shape[2:])
+    b_cat = lora_B.transpose(0, 1).reshape(lora_B.shape[1], num * rank, *lora_B.shape[3:])
+    h = F.conv2d(x, a_cat, None, **opts_a)
+    h = h * rank_scale(pi, rank)[:, None, None]
+    out = F.conv2d(h, b_cat, None, **opts_b)
+    bias = mixed_bias(pi, lora_bias)
+    return out if bias is None else out + bias[:, None, None]
+
+
+@torch.no_grad()
+def init_lora_(lora_A: Tensor, lora_B: Tensor, lora_bias: Tensor | None, fan_in: int, bias_fan_in: int,
+               init_bias: str = "zeros") -> None:
+    """A ~ U(+-sqrt(6 / fan_in)), B = 0 (so the model starts at the base), bias zeros or U(+-1/sqrt(fan))."""
+    bound = math.sqrt(6.0 / fan_in)
+    lora_A.uniform_(-bound, bound)
+    lora_B.zero_()
+    if lora_bias is None:
+        return
+    if init_bias == "zeros":
+        lora_bias.zero_()
+    elif init_bias == "uniform":
+        # The official code leaves PyTorch's default bias init on the adaptor's output layer:
+        # U(+-1/sqrt(fan_in of that layer)) = U(+-1) at rank 1, a random per-adaptor offset at init.
+        b = 1.0 / math.sqrt(bias_fan_in)
+        lora_bias.uniform_(-b, b)
+    else:
+        raise ValueError(f"init_bias must be 'zeros' or 'uniform', got {init_bias!r}")
