@@ -1,0 +1,72 @@
+"""Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .config import ConfigError
+from .data.federated import DataError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bouquet", description="Personalized federated fine-tuning with low-rank "
+                                "adaptors: FLoRAL, Potara and their baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment config")
+    run.add_argument("config", help="experiment TOML file (see configs/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set run.rounds=10 (repeatable)")
+    run.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    run.add_argument("--algorithms", help="comma-separated algorithms to run (default: the config's list)")
+    run.add_argument("--seeds", help="comma-separated seeds (default: run.seeds)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("algorithms", help="list the available algorithms")
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_experiment
+    from .results import results_table
+    from .runner import run_experiment
+
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append(f"run.seeds=[{args.seeds}]")
+    exp = load_experiment(args.config, overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else None
+    out = Path(args.out) if args.out else Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_experiment(exp, out, algorithms, progress=not args.no_progress)
+    print(f"\n{exp.name}: {exp.data.name}, {exp.data.num_clients} clients, {exp.run.rounds} rounds")
+    print(results_table(summary))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from .algorithms import ALGORITHMS
+
+    for name, spec in sorted(ALGORITHMS.items()):
+        print(f"{name:20s} {spec.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run; configuration and data errors print one line and exit with status 2."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_algorithms(args)
+    except (ConfigError, DataError) as err:
+        print(f"bouquet: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bouquet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

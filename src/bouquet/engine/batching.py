@@ -1,0 +1,101 @@
+"""Client data as flat tensors, and the pre-built batches of a round as index tensors.
+
+All clients' rows live in one concatenated tensor per split (no per-client padding); a round's
+batches are an index tensor ``[K, S, B]`` into it plus example weights ``w`` (0 = padding). Shuffles
+come from a generator seeded by (seed, round, client, purpose), so a client's batches do not
+depend on which other clients were sampled or on the engine that runs it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.federated import FederatedDataset
+
+# purposes of a client's random stream
+TRAIN, FINETUNE = 0, 1
+
+
+@dataclass(frozen=True)
+class SplitArrays:
+    """One split of every client, concatenated: rows of client k are ``offsets[k]:offsets[k]+sizes[k]``."""
+
+    x: Tensor
+    y: Tensor
+    offsets: Tensor
+    sizes: Tensor
+
+    @staticmethod
+    def from_dataset(data: FederatedDataset, split: str) -> SplitArrays:
+        xs = [getattr(c, f"x_{split}") for c in data.clients]
+        ys = [getattr(c, f"y_{split}") for c in data.clients]
+        sizes = torch.tensor([t.shape[0] for t in xs], dtype=torch.long)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        return SplitArrays(torch.cat(xs).float().contiguous(), torch.cat(ys).contiguous(), offsets, sizes)
+
+    def to(self, device: torch.device | str) -> SplitArrays:
+        return SplitArrays(self.x.to(device), self.y.to(device), self.offsets, self.sizes)
+
+    def gather(self, index: Tensor, weight: Tensor) -> dict[str, Tensor]:
+        """Batches for an index tensor of any leading shape: {"x", "y", "w"}."""
+        index = index.to(self.x.device)
+        return {"x": self.x[index], "y": self.y[index], "w": weight.to(self.x.device, self.x.dtype)}
+
+
+def client_rng(seed: int, round_idx: int, client: int, purpose: int) -> np.random.Generator:
+    """The random stream of one client in one round; independent of sampling and engine."""
+    return np.random.default_rng(np.random.SeedSequence([seed, round_idx, client, purpose]))
+
+
+def _client_order(n: int, steps: int | None, epochs: int, batch_size: int,
+                  rng: np.random.Generator, shuffle: bool) -> list[np.ndarray]:
+    """Local row indices of each local step for one client."""
+    def perm() -> np.ndarray:
+        return rng.permutation(n) if shuffle else np.arange(n)
+
+    if steps is None:  # epochs: ceil(n / B) batches each, the last one partial
+        out: list[np.ndarray] = []
+        for _ in range(epochs):
+            order = perm()
+            out += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        return out
+    stream = np.concatenate([perm() for _ in range(math.ceil(steps * batch_size / n))])
+    return [stream[i * batch_size:(i + 1) * batch_size] for i in range(steps)]
+
+
+def round_batches(arrays: SplitArrays, clients: Tensor, *, seed: int, round_idx: int, batch_size: int,
+                  epochs: int = 1, steps: int | None = None, purpose: int = TRAIN,
+                  shuffle: bool = True) -> tuple[Tensor, Tensor]:
+    """Global row index ``[K, S, B]`` and weights ``[K, S, B]`` of every local step of the given clients.
+
+    Clients with fewer steps than the longest are padded with all-zero-weight steps (no update).
+    """
+    per_client = []
+    for cid in clients.tolist():
+        n = int(arrays.sizes[cid])
+        b = min(batch_size, n)
+        rng = client_rng(seed, round_idx, cid, purpose)
+        per_client.append([o + int(arrays.offsets[cid]) for o in _client_order(n, steps, epochs, b, rng, shuffle)])
+    num_steps = max(len(p) for p in per_client)
+    index = torch.zeros(len(per_client), num_steps, batch_size, dtype=torch.long)
+    weight = torch.zeros(len(per_client), num_steps, batch_size)
+    for k, batches in enumerate(per_client):
+        for s, rows in enumerate(batches):
+            index[k, s, :len(rows)] = torch.from_numpy(rows)
+            weight[k, s, :len(rows)] = 1.0
+    return index, weight
+
+
+def padded_split(arrays: SplitArrays, clients: Tensor) -> tuple[Tensor, Tensor]:
+    """All rows of each client, padded to the longest: index ``[K, T]`` and weights ``[K, T]``."""
+    sizes = arrays.sizes[clients]
+    longest = int(sizes.max()) if len(sizes) else 0
+    ar = torch.arange(longest)
+    weight = (ar.unsqueeze(0) < sizes.unsqueeze(1)).float()
+    index = (arrays.offsets[clients].unsqueeze(1) + ar.unsqueeze(0)) * weight.long()
+    return index, weight

@@ -1,0 +1,88 @@
+"""Local SGD of many clients: one vmapped step for all clients of a round, or a client-by-client loop.
+
+Both paths run the same per-client step function, so they agree within float tolerance; the
+sequential one drops padding rows instead of weighting them by zero, which makes it an independent
+reference for the padded, batched computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+from torch.func import grad, vmap
+
+from ..algorithms.base import Batch, LocalOptimizer, Params
+
+# loss(trainable, shared, private, batch) -> scalar; ``shared`` is the same for every client (the
+# payload), ``private`` has one slice per client (its client state).
+LossFn = Callable[[Params, Mapping[str, Tensor], Mapping[str, Tensor], Batch], Tensor]
+
+
+def make_step(loss_fn: LossFn, optimizer: LocalOptimizer, names: list[str]):
+    """One SGD step of one client. A batch with no real example (all weights 0) changes nothing."""
+    rates = {k: optimizer.rate(k) for k in names}
+
+    def loss_and_value(trainable, shared, private, batch):
+        value = loss_fn(trainable, shared, private, batch)
+        return value, value.detach()
+
+    def step(trainable: Params, shared, private, batch: Batch) -> tuple[Params, Tensor]:
+        grads, value = grad(loss_and_value, has_aux=True)(trainable, shared, private, batch)
+        if optimizer.grad_transform is not None:
+            grads = optimizer.grad_transform(trainable, grads)
+        active = (batch["w"].sum() > 0).to(value.dtype)
+        new = {}
+        for k, v in trainable.items():
+            g = grads[k]
+            if optimizer.weight_decay:
+                g = g + optimizer.weight_decay * v
+            new[k] = v - (rates[k] * active) * g
+        return new, value * active
+
+    return step
+
+
+def train_vectorized(loss_fn: LossFn, optimizer: LocalOptimizer, trainable: Params,
+                     shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
+                     batches: Batch) -> tuple[Params, Tensor]:
+    """All clients at once. ``trainable``/``private`` have a leading client dim; batches are [K, S, B, ...].
+
+    Returns the trained parameters and each client's mean loss over its real steps.
+    """
+    step = make_step(loss_fn, optimizer, list(trainable))
+    vstep = vmap(step, in_dims=(0, None, 0, 0), randomness="different")
+    num_steps = batches["w"].shape[1]
+    total = torch.zeros(batches["w"].shape[0], dtype=batches["x"].dtype, device=batches["x"].device)
+    for s in range(num_steps):
+        batch = {k: v[:, s] for k, v in batches.items()}
+        trainable, value = vstep(trainable, shared, private, batch)
+        total = total + value
+    real_steps = (batches["w"].sum(dim=2) > 0).sum(dim=1).clamp_min(1)
+    return trainable, total / real_steps
+
+
+def train_sequential(loss_fn: LossFn, optimizer: LocalOptimizer, trainable: Params,
+                     shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
+                     batches: Batch) -> tuple[Params, Tensor]:
+    """The reference: clients one by one, steps one by one, padding rows removed."""
+    step = make_step(loss_fn, optimizer, list(trainable))
+    num_clients = batches["w"].shape[0]
+    outs: list[Params] = []
+    losses = []
+    for k in range(num_clients):
+        tr = {n: v[k] for n, v in trainable.items()}
+        pv = {n: v[k] for n, v in private.items()}
+        total, count = 0.0, 0
+        for s in range(batches["w"].shape[1]):
+            keep = batches["w"][k, s] > 0
+            if not bool(keep.any()):
+                continue
+            batch = {n: v[k, s][keep] for n, v in batches.items()}
+            tr, value = step(tr, shared, pv, batch)
+            total, count = total + float(value), count + 1
+        outs.append(tr)
+        losses.append(total / max(count, 1))
+    stacked = {n: torch.stack([o[n] for o in outs]) for n in trainable}
+    return stacked, torch.tensor(losses, dtype=batches["x"].dtype)

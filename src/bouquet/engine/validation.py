@@ -1,0 +1,61 @@
+"""Checks on client uploads before aggregation: privacy (no private state leaves) and sanity.
+
+A rejected upload is counted and reported per client; the round proceeds with the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..algorithms.base import Algorithm
+
+
+class PrivacyError(RuntimeError):
+    """An algorithm tried to upload client-private state (a bug in the algorithm, never data)."""
+
+
+def check_private(alg: Algorithm, uploads: Mapping[str, Tensor]) -> None:
+    """Fail loudly if any upload key belongs to the algorithm's private client state."""
+    for key in uploads:
+        if any(key.startswith(p) for p in alg.private_keys):
+            raise PrivacyError(f"algorithm {alg.name!r} uploads private client state {key!r}")
+
+
+def upload_problem(upload: Mapping[str, Tensor], expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                   max_norm: float | None = None) -> str | None:
+    """Why one client's upload must be rejected (missing/extra key, shape, dtype, NaN/Inf, norm), or None."""
+    missing = sorted(set(expected) - set(upload))
+    if missing:
+        return f"missing keys {missing[:3]}"
+    extra = sorted(set(upload) - set(expected))
+    if extra:
+        return f"unexpected keys {extra[:3]}"
+    sq = 0.0
+    for k, (shape, dtype) in expected.items():
+        t = upload[k]
+        if tuple(t.shape) != tuple(shape):
+            return f"{k}: shape {tuple(t.shape)}, expected {tuple(shape)}"
+        if t.dtype != dtype:
+            return f"{k}: dtype {t.dtype}, expected {dtype}"
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                return f"{k}: NaN or Inf values"
+            sq += float(t.double().pow(2).sum())
+    if max_norm is not None and sq ** 0.5 > max_norm:
+        return f"update norm {sq ** 0.5:.3g} above the limit {max_norm:.3g}"
+    return None
+
+
+def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor) -> tuple[Tensor, dict]:
+    """Per-client acceptance of stacked uploads [K, ...]: finite values and a finite training loss."""
+    num = losses.shape[0]
+    ok = torch.isfinite(losses).cpu()
+    for v in uploads.values():
+        if v.is_floating_point():
+            ok &= torch.isfinite(v.reshape(num, -1)).all(dim=1).cpu()
+    rejected = (~ok).nonzero().flatten().tolist()
+    report = {"rejected": rejected} if rejected else {}
+    return ok, report

@@ -1,0 +1,26 @@
+"""Model factories: ``build_model(name, input_shape, num_outputs)`` for the nets of the papers' tasks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .vision import cifar_cnn, linear, mlp, vgg8
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "linear": linear,
+    "mlp": mlp,
+    "cifar_cnn": cifar_cnn,
+    "vgg8": vgg8,
+}
+
+
+def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, **options) -> nn.Module:
+    """Build a registered model; unknown names raise a ValueError listing the choices."""
+    if name not in MODELS:
+        raise ValueError(f"model.name: unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name](tuple(input_shape), int(num_outputs), **options)
+
+
+__all__ = ["MODELS", "build_model", "cifar_cnn", "linear", "mlp", "vgg8"]

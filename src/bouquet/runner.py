@@ -1,0 +1,191 @@
+"""Run an experiment: every algorithm and seed on the local engine, with run-directory outputs.
+
+Layout of a run directory::
+
+    config.toml      the resolved experiment
+    metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
+                     rounds the mean/std/per-cluster/per-client scores
+    summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.func import vmap
+
+from .algorithms import ALGORITHMS, Algorithm
+from .config import Experiment, resolved_dict, with_run
+from .data import build_dataset
+from .data.federated import FederatedDataset
+from .engine.simulator import RunSpec, SimState, Simulator
+from .models import build_model
+from .results import atomic_write_json, atomic_write_toml, mean_std, write_jsonl
+
+
+def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Algorithm, int]:
+    """Seeded model construction then the algorithm; returns it with the base model's parameter count."""
+    torch.manual_seed(seed)
+    model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
+    base = sum(p.numel() for p in model.parameters())
+    alg = ALGORITHMS[name].build(model, data, exp, exp.algo[name])
+    return alg, base
+
+
+def run_spec(exp: Experiment, alg: Algorithm, seed: int) -> RunSpec:
+    r = exp.run
+    return RunSpec(rounds=r.rounds, clients_per_round=r.clients_per_round, batch_size=r.batch_size,
+                   local_epochs=r.local_epochs, local_steps=r.local_steps, eval_every=r.eval_every, seed=seed,
+                   vectorized=r.vectorized, eval_chunk=r.eval_chunk, shuffle=r.shuffle, device=r.device,
+                   finetune_epochs=alg.hparams.get("finetune_epochs", 0),
+                   finetune_lr=alg.hparams.get("finetune_lr"))
+
+
+def param_counts(alg: Algorithm, sim: Simulator, state: SimState, base: int) -> dict:
+    """Parameters of one client's personalized model, what is sent, and overhead over the base model."""
+    cs0 = {k: v[:1] for k, v in state.clients.items()}
+    with torch.no_grad():
+        if cs0:
+            params = vmap(lambda c: alg.personalize(state.server, c))(cs0)
+            per_client = sum(v[0].numel() for v in params.values())
+        else:
+            per_client = sum(v.numel() for v in alg.personalize(state.server, {}).values())
+    down = sum(v.numel() for v in alg.broadcast(state.server).values())
+    counts = {"base": base, "per_client": int(per_client), "downloaded": int(down),
+              "overhead": per_client / base - 1 if base else 0.0}
+    counts.update(alg.hparams.get("param_counts", {}))
+    return counts
+
+
+def is_better(metric: str, a: float, b: float) -> bool:
+    return a > b if metric == "accuracy" else a < b
+
+
+def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
+            on_round: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
+    """One algorithm, one seed: returns its summary and its metric records."""
+    alg, base = build_algorithm(exp, data, name, seed)
+    sim = Simulator(alg, data, run_spec(exp, alg, seed))
+    state = sim.init_state()
+    metric = "accuracy" if data.task == "classification" else "mse"
+    counts = param_counts(alg, sim, state, base)
+    records: list[dict] = []
+    best: dict | None = None
+    last: dict | None = None
+    start = time.perf_counter()
+    for _ in range(exp.run.rounds):
+        state, rec = sim.run_round(state)
+        rec = {"algorithm": name, "seed": seed, **rec}
+        if state.round % exp.run.eval_every == 0 or state.round == exp.run.rounds:
+            ev = sim.evaluate(state)
+            rec["eval"] = {"metric": metric, **ev}
+            last = {"round": state.round, **ev}
+            if best is None or is_better(metric, ev["mean"], best["mean"]):
+                best = {"round": state.round, **ev}
+        records.append(rec)
+        if on_round:
+            on_round(rec)
+    wall = time.perf_counter() - start
+    assert last is not None and best is not None
+    summary = {
+        "algorithm": name, "seed": seed, "metric": metric, "rounds": state.round,
+        "last": {k: last[k] for k in ("round", "mean", "std", "loss", "per_cluster")},
+        "best": {k: best[k] for k in ("round", "mean", "std", "per_cluster")},
+        "bytes_up": state.bytes_up, "bytes_down": state.bytes_down,
+        "mb_per_round": (state.bytes_up + state.bytes_down) / max(state.round, 1) / 1e6,
+        "params": counts, "wall_seconds": wall,
+        "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
+        "extra": report(state.server, state.clients) if (report := alg.hparams.get("report")) else {},
+    }
+    return summary, records
+
+
+def aggregate_seeds(runs: list[dict]) -> dict:
+    """Mean/std over seeds of last and best scores; bytes and parameters from the first seed."""
+    first = runs[0]
+    last_m, last_s = mean_std([r["last"]["mean"] for r in runs])
+    best_m, best_s = mean_std([r["best"]["mean"] for r in runs])
+    client_std = sum(r["last"]["std"] for r in runs) / len(runs)
+    return {
+        "metric": first["metric"],
+        "last": {"mean": last_m, "std": last_s, "client_std_mean": client_std},
+        "best": {"mean": best_m, "std": best_s},
+        "mb_per_round": first["mb_per_round"], "params": first["params"],
+        "wall_seconds": sum(r["wall_seconds"] for r in runs) / len(runs),
+        "per_seed": runs,
+    }
+
+
+def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
+                   progress: bool = True) -> dict:
+    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = algorithms or exp.algorithms
+    exp = _with_algorithms(exp, names)
+    if exp.run.threads:
+        torch.set_num_threads(exp.run.threads)
+    atomic_write_toml(out / "config.toml", resolved_dict(exp))
+    all_records: list[dict] = []
+    summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
+    for name in names:
+        runs = []
+        for seed in exp.run.seeds:
+            data = build_dataset(_data_for_seed(exp, seed))
+            bar = _progress(exp, name, seed) if progress else None
+            s, recs = run_one(with_run(exp, seeds=[seed]), data, name, seed,
+                              on_round=bar.update if bar else None)
+            if bar:
+                bar.close()
+            runs.append(s)
+            all_records += recs
+            write_jsonl(out / "metrics.jsonl", all_records)
+        summary["algorithms"][name] = aggregate_seeds(runs)
+        atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def _with_algorithms(exp: Experiment, names: list[str]) -> Experiment:
+    from dataclasses import replace
+
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown:
+        from .config import ConfigError
+
+        raise ConfigError(f"--algorithms: unknown algorithm {unknown[0]!r}; expected one of {sorted(ALGORITHMS)}")
+    return replace(exp, algorithms=list(names))
+
+
+def _data_for_seed(exp: Experiment, seed: int):
+    """The data seed follows the run seed, so repetitions differ in data draws too (as in the paper)."""
+    from dataclasses import replace
+
+    return replace(exp.data, seed=exp.data.seed + seed)
+
+
+class _Bar:
+    """tqdm progress bar showing round, train loss, last evaluation score and MB sent."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.score = math.nan
+
+    def update(self, rec: dict) -> None:
+        if "eval" in rec:
+            self.score = rec["eval"]["mean"]
+        self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", score=f"{self.score:.4f}",
+                             MB=f"{rec['bytes_total'] / 1e6:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(exp: Experiment, name: str, seed: int) -> _Bar:
+    return _Bar(exp.run.rounds, f"{name} seed {seed}")
