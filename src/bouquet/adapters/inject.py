@@ -79,9 +79,10 @@ def inject(
         raise ValueError(f"router has {router.num_adaptors} adaptors but num_adaptors={num_adaptors}")
 
     copied = copy.deepcopy(model)
-    candidates = [(n, m) for n, m in copied.named_modules() if n and not isinstance(m, ADAPTOR_TYPES)]
+    # The root itself may be a target (e.g. the model is a bare nn.Linear); its name is "".
+    candidates = [(n, m) for n, m in copied.named_modules() if not isinstance(m, ADAPTOR_TYPES)]
     # A module nested inside an existing adaptor layer (its `base`) is never wrapped again.
-    inside = {f"{n}.{sub}" for n, m in copied.named_modules() if isinstance(m, ADAPTOR_TYPES)
+    inside = {f"{n}.{sub}" if n else sub for n, m in copied.named_modules() if isinstance(m, ADAPTOR_TYPES)
               for sub, _ in m.named_modules() if sub}
     chosen = [
         (n, m) for n, m in candidates
@@ -89,7 +90,7 @@ def inject(
         and (targets is None or _matches_any(n, targets)) and not _matches_any(n, excluded)
     ]
     if not chosen:
-        available = [f"{n} ({type(m).__name__})" for n, m in candidates]
+        available = [f"{n or '<root>'} ({type(m).__name__})" for n, m in candidates]
         raise ValueError(
             f"no module matched target_modules={targets} with target_types="
             f"{[t.__name__ for t in types]} and exclude={excluded}; available modules: {available}"
@@ -110,7 +111,10 @@ def inject(
         else:
             raise NotImplementedError(f"no adaptor for {name} ({type(module).__name__}); "
                                       "supported: Linear, Conv2d, BatchNorm, LayerNorm, GroupNorm")
-        _set_submodule(copied, name, new)
+        if name:
+            _set_submodule(copied, name, new)
+        else:
+            copied = new
     return MixtureModel(copied, router, context)
 
 
