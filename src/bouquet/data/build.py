@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
                              spec.train_per_client, spec.test_per_client, spec.fraction, spec.min_train)
     else:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
-    ds.meta["spec"] = spec
+    ds.meta["spec"] = dataclasses.asdict(spec)
     ds.check()
     return ds
 
@@ -81,11 +82,14 @@ def _take(rows: np.ndarray, n: int, rng: np.random.Generator, spec: DataSpec, fi
     return np.concatenate([rows, np.sort(rng.choice(rows, n - len(rows), replace=True))])
 
 
-def client_rows(spec: DataSpec, k: int, share: np.ndarray, test_share: np.ndarray | None,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Final train and test pool ids of client k: split (if no test pool), fraction, exact sizes."""
+def client_rows(spec: DataSpec, k: int, share: np.ndarray,
+                test_share: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Final train and test pool ids of client k: split (if no test pool), fraction, exact sizes.
+
+    Own random streams per client and step, so e.g. the `fraction` subset is nested in the full split.
+    """
     if test_share is None:  # no official test split: cut the client's own share
-        share = rng.permutation(share)
+        share = make_rng(spec.seed, 1, k).permutation(share)
         tpc = spec.train_per_client
         if tpc is not None and (len(share) > tpc or not spec.resample):
             n_train = tpc
@@ -94,6 +98,7 @@ def client_rows(spec: DataSpec, k: int, share: np.ndarray, test_share: np.ndarra
         train, test = np.sort(share[:n_train]), np.sort(share[n_train:])
     else:
         train, test = share, test_share
+    rng = make_rng(spec.seed, 2, k)
     if spec.fraction < 1.0:
         keep = min(len(train), max(spec.min_train, math.floor(spec.fraction * len(train) + 0.5)))
         train = _take(train, keep, rng, spec, "fraction", k)
@@ -111,7 +116,7 @@ def build_image_dataset(spec: DataSpec, src: ImageSource) -> FederatedDataset:
                         f"with shift={spec.shift}, got {spec.num_clusters}")
     rng = make_rng(spec.seed)
     shares, test_shares = client_shares(spec, src, rng)
-    rows = [client_rows(spec, k, shares[k], test_shares[k], rng) for k in range(spec.num_clients)]
+    rows = [client_rows(spec, k, shares[k], test_shares[k]) for k in range(spec.num_clients)]
     mean = std = None
     if spec.normalize:
         used = torch.from_numpy(np.unique(np.concatenate([r[0] for r in rows])))

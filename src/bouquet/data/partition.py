@@ -7,9 +7,9 @@ import numpy as np
 from bouquet.data.federated import DataError
 
 
-def make_rng(seed: int) -> np.random.Generator:
-    """A private numpy generator (never the global RNG)."""
-    return np.random.Generator(np.random.PCG64(seed))
+def make_rng(seed: int, *stream: int) -> np.random.Generator:
+    """A private numpy generator (never the global RNG); `stream` picks an independent sub-stream."""
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, *stream]) if stream else seed))
 
 
 def iid_partition(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
