@@ -126,3 +126,14 @@ def test_deterministic_per_seed() -> None:
 def test_too_many_clusters_for_label_shift() -> None:
     with pytest.raises(DataError, match=r"data\.num_clusters"):
         build_dataset(DataSpec("digits", 20, 12, shift="label_shift"))
+
+
+def test_check_rejects_cross_client_leak() -> None:
+    import dataclasses
+
+    ds = build_dataset(DataSpec("digits", 3))
+    a, b = ds.clients[0], ds.clients[1]
+    leaky = dataclasses.replace(b, test_ids=torch.cat([b.test_ids[:-1], a.train_ids[:1]]))
+    bad = dataclasses.replace(ds, clients=(a, leaky, ds.clients[2]))
+    with pytest.raises(DataError, match="across clients"):
+        bad.check()

@@ -94,3 +94,7 @@ class FederatedDataset:
             if train_ids & set(c.test_ids.tolist()):
                 raise DataError(f"{where}: train and test splits share rows (ids overlap)")
             seen_train |= train_ids
+        seen_test = set(torch.cat([c.test_ids for c in self.clients]).tolist())
+        if seen_train & seen_test:
+            raise DataError(f"dataset {self.name!r}: a test row of one client is a training row of another "
+                            "(train and test ids overlap across clients)")
