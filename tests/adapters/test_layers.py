@@ -184,3 +184,20 @@ def test_context_is_restored_after_errors():
     with pytest.raises(KeyError), ctx.use(torch.ones(2)):
         raise KeyError
     assert ctx.pi is None
+
+
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
+def test_conv_string_padding_and_dilation(variant):
+    base = nn.Conv2d(3, 4, (3, 5), padding="same", dilation=(2, 1))
+    layer = randomize_(MixtureConv2d(base, 1, 2, variant=variant))
+    x = torch.randn(2, 3, 8, 9)
+    assert layer(x).shape == base(x).shape == (2, 4, 8, 9)
+
+
+def test_router_noise_under_vmap_needs_randomness_flag():
+    from torch.func import vmap
+
+    logits = torch.zeros(4, 3)
+    out = vmap(lambda lg: mixture_weights(lg, training=True, noise_std=1.0), randomness="different")(logits)
+    assert out.shape == (4, 3) and not torch.allclose(out[0], out[1])
+    torch.testing.assert_close(out.sum(-1), torch.ones(4))

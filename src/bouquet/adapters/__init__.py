@@ -5,9 +5,7 @@ Parameter names inside a `MixtureModel`: `model.<path>.base.<weight|bias>` (the 
 `lora_weight` / `lora_bias`) and `router.logits`; `param_role(name)` classifies them.
 """
 
-from .context import MixtureContext
-from .conv import CONV_VARIANTS, ConvSplit, MixtureConv2d, split_conv
-from .functional import mixture_conv2d_delta, mixture_linear_delta
+from .functional import conv_rank_dims, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
 from .inject import (
     adaptor_parameter_count,
     freeze_base,
@@ -16,13 +14,10 @@ from .inject import (
     param_role,
     split_params,
 )
-from .linear import MixtureLinear
+from .layers import CONV_VARIANTS, ConvSplit, MixtureConv2d, MixtureLinear, MixtureNorm, split_conv
 from .merge import conv_delta_kernel, load_merged, lora_delta_weight, merge_lora_models
-from .model import MixtureModel
-from .norm import MixtureNorm
+from .mixture import MixtureContext, MixtureModel, Router, mixture_weights
 from .precondition import precondition_conv, precondition_linear, precondition_lora_grads
-from .rank import conv_rank_dims, resolve_rank
-from .router import Router, mixture_weights
 
 __all__ = [
     "CONV_VARIANTS",

@@ -10,12 +10,8 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from .context import MixtureContext
-from .conv import MixtureConv2d
-from .linear import MixtureLinear
-from .model import MixtureModel
-from .norm import NORM_TYPES, MixtureNorm
-from .router import Router
+from .layers import NORM_TYPES, MixtureConv2d, MixtureLinear, MixtureNorm
+from .mixture import MixtureContext, MixtureModel, Router
 
 ADAPTOR_TYPES = (MixtureLinear, MixtureConv2d, MixtureNorm)
 Role = Literal["base", "adaptor", "router"]

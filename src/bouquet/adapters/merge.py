@@ -8,8 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .conv import MixtureConv2d
-from .linear import MixtureLinear
+from .layers import MixtureConv2d, MixtureLinear
 
 
 def _single(t: Tensor, name: str) -> Tensor:
