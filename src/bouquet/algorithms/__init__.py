@@ -1,6 +1,6 @@
 """Algorithms: the contract (``base``), the registry, and one module per method."""
 
-from . import baselines  # noqa: F401  (registers fedavg, local, fedavg_ft)
+from . import baselines, mixtures  # noqa: F401  (register fedavg, local, fedavg_ft; floral*, ensemble*, ifca, ...)
 from .base import Algorithm, LocalOptimizer, payload_nbytes, task_loss, task_score
 from .registry import ALGORITHMS, AlgorithmSpec, register
 
