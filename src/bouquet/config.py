@@ -115,6 +115,8 @@ class RunConfig:
     shuffle: bool = True
     device: str = "cpu"
     threads: int | None = None
+    #: write a checkpoint every k rounds (0: only at the end of each run and on Ctrl-C)
+    checkpoint_every: int = 10
 
     def check(self, s: str) -> None:
         for k in ("rounds", "clients_per_round", "batch_size", "local_epochs", "eval_every", "eval_chunk"):
@@ -127,6 +129,8 @@ class RunConfig:
         require(self.device == "cpu" or self.device.startswith("cuda"), f"{s}.device", "'cpu' or 'cuda[:N]'",
                 self.device)
         require(self.threads is None or self.threads >= 1, f"{s}.threads", "none or >= 1", self.threads)
+        require(self.checkpoint_every >= 0, f"{s}.checkpoint_every", "an integer >= 0 (0: final checkpoint only)",
+                self.checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,40 @@ class ServerConfig:
         require(0 <= self.momentum < 1, f"{s}.momentum", "a number in [0, 1)", self.momentum)
 
 
+AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
+ATTACKS = ("none", "scale", "nan")
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Defences against bad client updates (``[robust]``), and a simulated attack for experiments only.
+
+    ``aggregation``: mean (the algorithm's own) | clip (each update's norm clipped to ``clip_norm``, or to
+    the round's median update norm when unset) | trimmed_mean (``trim_fraction`` cut from each end per
+    coordinate) | median (coordinate-wise). ``max_update_norm`` rejects updates above it outright.
+    ``attack`` makes a seeded ``attack_fraction`` of clients send scaled (``attack_scale``) or NaN updates.
+    """
+
+    aggregation: str = "mean"
+    clip_norm: float | None = None
+    trim_fraction: float = 0.1
+    max_update_norm: float | None = None
+    attack: str = "none"
+    attack_fraction: float = 0.2
+    attack_scale: float = 1e3
+
+    def check(self, s: str) -> None:
+        require(self.aggregation in AGGREGATIONS, f"{s}.aggregation", f"one of {list(AGGREGATIONS)}",
+                self.aggregation)
+        require(self.clip_norm is None or self.clip_norm > 0, f"{s}.clip_norm", "none or a number > 0",
+                self.clip_norm)
+        require(0 <= self.trim_fraction < 0.5, f"{s}.trim_fraction", "a number in [0, 0.5)", self.trim_fraction)
+        require(self.max_update_norm is None or self.max_update_norm > 0, f"{s}.max_update_norm",
+                "none or a number > 0", self.max_update_norm)
+        require(self.attack in ATTACKS, f"{s}.attack", f"one of {list(ATTACKS)}", self.attack)
+        require(0 <= self.attack_fraction <= 1, f"{s}.attack_fraction", "a number in [0, 1]", self.attack_fraction)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Model name plus the factory's keyword options (checked against its signature)."""
@@ -175,10 +213,11 @@ class Experiment:
     train: TrainConfig
     server: ServerConfig
     algo: dict[str, Any]  # algorithm name -> its validated options dataclass
+    robust: RobustConfig = field(default_factory=RobustConfig)
     raw: dict = field(default_factory=dict, compare=False)
 
 
-TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo")
+TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo", "robust")
 
 
 def _parse_model(values: Any) -> ModelConfig:
@@ -238,6 +277,7 @@ def parse_experiment(raw: dict) -> Experiment:
         train=parse_section(TrainConfig, raw["train"], "train"),
         server=parse_section(ServerConfig, raw.get("server", {}), "server"),
         algo=algo,
+        robust=parse_section(RobustConfig, raw.get("robust", {}), "robust"),
         raw=raw,
     )
     require(exp.run.clients_per_round <= exp.data.num_clients, "run.clients_per_round",
@@ -282,12 +322,16 @@ def _deepcopy(d: Any) -> Any:
 def load_raw(path: str | Path) -> dict:
     """Read a TOML file; a missing file or a syntax error is a ConfigError naming the file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; expected a TOML config file")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{p}: not valid TOML ({err})") from None
+    except (UnicodeDecodeError, OSError) as err:
+        raise ConfigError(f"{p}: cannot read as a UTF-8 TOML file ({err.__class__.__name__})") from None
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
@@ -311,7 +355,7 @@ def resolved_dict(exp: Experiment) -> dict:
     return {
         "name": exp.name, "algorithms": list(exp.algorithms), "data": plain(exp.data), "model": model,
         "run": plain(exp.run), "train": plain(exp.train), "server": plain(exp.server),
-        "algo": {n: plain(exp.algo[n]) for n in exp.algorithms if plain(exp.algo[n])},
+        "robust": plain(exp.robust), "algo": {n: plain(exp.algo[n]) for n in exp.algorithms if plain(exp.algo[n])},
     }
 
 

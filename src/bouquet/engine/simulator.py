@@ -7,6 +7,7 @@ client by client (the reference for tests, and the fallback for models vmap cann
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -23,11 +24,13 @@ from ..algorithms.base import (
     payload_nbytes,
     task_loss,
 )
+from ..config import RobustConfig
 from ..data.federated import FederatedDataset
 from .batching import FINETUNE, TRAIN, SplitArrays, round_batches
 from .evaluation import ClientScores, score_params, summarize
+from .robust import guard_uploads, robust_uploads
 from .training import train_sequential, train_vectorized
-from .validation import check_private, validate_uploads
+from .validation import check_private
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class RunSpec:
     finetune_epochs: int = 0
     finetune_lr: float | None = None
     device: str = "cpu"
+    robust: RobustConfig | None = None  # upload screening, robust aggregation, simulated attack
 
 
 @dataclass
@@ -125,20 +129,23 @@ class Simulator:
             outs = [alg.client_final(_row(trained, k), payload, _row(private, k), n[k]) for k in range(len(ids))]
             uploads, new_private = _stack([o[0] for o in outs]), _stack([o[1] for o in outs])
         check_private(alg, uploads)
-        accepted, report = validate_uploads(uploads, losses)
+        uploads, accepted, report = guard_uploads(uploads, losses, payload, ids, spec.robust, self.data.num_clients,
+                                                  spec.seed, rnd)
         up_bytes = payload_nbytes({k: v[0] for k, v in uploads.items()}) * len(ids)
         down_bytes = payload_nbytes(payload) * len(ids)
         server = state.server
         if bool(accepted.any()):
             keep = accepted.nonzero().flatten()
-            server = alg.aggregate(server, {k: v[keep] for k, v in uploads.items()}, n[keep])
+            kept = robust_uploads({k: v[keep] for k, v in uploads.items()}, payload, spec.robust)
+            server = alg.aggregate(server, kept, n[keep])
         clients = _scatter(state.clients, ids[accepted.cpu()], {k: v[accepted] for k, v in new_private.items()})
-        w = n.to(torch.float64)
+        w = n.to(torch.float64).cpu() * torch.isfinite(losses).cpu()  # diverged clients are left out
         record = {
             "round": rnd,
             "clients": ids.tolist(),
-            "train_loss": float((losses.double().cpu() * w.cpu()).sum() / w.sum()),
-            "client_train_loss": [round(float(v), 6) for v in losses],
+            "train_loss": float((losses.double().cpu().nan_to_num(0.0, 0.0, 0.0) * w).sum() / w.sum())
+            if w.sum() > 0 else None,
+            "client_train_loss": [round(float(v), 6) if math.isfinite(float(v)) else None for v in losses],
             "bytes_up": up_bytes,
             "bytes_down": down_bytes,
             "bytes_total": state.bytes_up + state.bytes_down + up_bytes + down_bytes,

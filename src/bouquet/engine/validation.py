@@ -5,12 +5,15 @@ A rejected upload is counted and reported per client; the round proceeds with th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
 from torch import Tensor
 
 from ..algorithms.base import Algorithm
+
+log = logging.getLogger("bouquet.engine")
 
 
 class PrivacyError(RuntimeError):
@@ -49,13 +52,33 @@ def upload_problem(upload: Mapping[str, Tensor], expected: Mapping[str, tuple[tu
     return None
 
 
-def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor) -> tuple[Tensor, dict]:
-    """Per-client acceptance of stacked uploads [K, ...]: finite values and a finite training loss."""
+def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor, ids: Tensor | None = None,
+                     norms: Tensor | None = None, max_norm: float | None = None,
+                     round_idx: int | None = None) -> tuple[Tensor, dict]:
+    """Per-client acceptance of stacked uploads [K, ...]: a finite training loss, finite values, a sane norm.
+
+    ``norms`` are the clients' update norms (see ``robust.update_norms``), checked against ``max_norm``.
+    The report names the rejected clients (ids when given, else positions) and why; each is logged.
+    """
     num = losses.shape[0]
-    ok = torch.isfinite(losses).cpu()
-    for v in uploads.values():
+    reasons: list[str | None] = [None] * num
+    finite_loss = torch.isfinite(losses).cpu()
+    for i in range(num):
+        if not bool(finite_loss[i]):
+            reasons[i] = f"training diverged (loss {float(losses[i])})"
+    for k, v in uploads.items():
         if v.is_floating_point():
-            ok &= torch.isfinite(v.reshape(num, -1)).all(dim=1).cpu()
-    rejected = (~ok).nonzero().flatten().tolist()
-    report = {"rejected": rejected} if rejected else {}
+            bad = ~torch.isfinite(v.reshape(num, -1)).all(dim=1).cpu()
+            for i in bad.nonzero().flatten().tolist():
+                reasons[i] = reasons[i] or f"{k}: NaN or Inf values"
+    if norms is not None and max_norm is not None:
+        for i in (norms > max_norm).nonzero().flatten().tolist():
+            reasons[i] = reasons[i] or f"update norm {float(norms[i]):.3g} above robust.max_update_norm {max_norm:.3g}"
+    ok = torch.tensor([r is None for r in reasons], dtype=torch.bool)
+    names = ids.tolist() if ids is not None else list(range(num))
+    rejected = [names[i] for i in range(num) if reasons[i] is not None]
+    for i in range(num):
+        if reasons[i] is not None:
+            log.warning("round %s: update of client %s rejected: %s", round_idx, names[i], reasons[i])
+    report = {"rejected": rejected, "rejected_reasons": [r for r in reasons if r is not None]} if rejected else {}
     return ok, report

@@ -1,0 +1,138 @@
+"""Robust aggregation of client uploads, and a seeded simulated attack for experiments.
+
+Both act on the stacked uploads ``[K, ...]`` of one round, between validation and the algorithm's own
+``aggregate``, so every algorithm gets them without code of its own. Only *shared* keys are touched:
+upload keys that are also in the broadcast payload, with the same shape and a floating dtype (the
+model parameters a client trained). Other upload keys (FLoRAL's mixture weights p(c|k), counts, ...)
+pass through unchanged and are aggregated by the algorithm as usual.
+
+- ``clip``: each client's update ``u_k - payload`` is scaled down to norm at most ``tau`` (over all
+  shared keys together); ``tau`` is ``clip_norm`` or, when unset, the median update norm of the round
+  (adaptive: a minority of huge updates cannot move the median).
+- ``trimmed_mean`` / ``median``: per coordinate over the round's clients, unweighted (a client's
+  example count is not trusted: it is part of what an attacker controls). The robust value then
+  replaces that key in EVERY client's row, so whatever weighted mean the algorithm computes (by
+  n_k, or FLoRAL's routed p(k|c) weights) returns the robust value itself, while non-shared keys keep
+  the algorithm's own aggregation. The price: algorithm-specific per-key weighting of the shared keys
+  is ignored, and with trimmed mean/median every adaptor moves to the same robust value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from ..config import RobustConfig
+
+# Seeds the choice of malicious clients apart from every other stream of the run.
+_ATTACK_STREAM = 104729
+
+
+def shared_keys(uploads: Mapping[str, Tensor], payload: Mapping[str, Tensor]) -> list[str]:
+    """Upload keys that are model parameters sent down this round (same key, shape, floating dtype)."""
+    return [k for k, v in uploads.items()
+            if k in payload and v.is_floating_point() and tuple(v.shape[1:]) == tuple(payload[k].shape)]
+
+
+def update_norms(uploads: Mapping[str, Tensor], payload: Mapping[str, Tensor]) -> Tensor:
+    """Per-client L2 norm of ``upload - payload`` over all shared keys together, in float64: [K]."""
+    keys = shared_keys(uploads, payload)
+    num = next(iter(uploads.values())).shape[0] if uploads else 0
+    sq = torch.zeros(num, dtype=torch.float64)
+    for k in keys:
+        d = (uploads[k].double() - payload[k].double().unsqueeze(0)).reshape(num, -1)
+        sq += d.pow(2).sum(dim=1).cpu()
+    return sq.sqrt()
+
+
+def malicious_clients(num_clients: int, fraction: float, seed: int) -> Tensor:
+    """A seeded boolean mask of ``round(fraction * num_clients)`` attacking clients (fixed for the run)."""
+    count = round(fraction * num_clients)
+    perm = torch.randperm(num_clients, generator=torch.Generator().manual_seed(seed * 7919 + _ATTACK_STREAM))
+    mask = torch.zeros(num_clients, dtype=torch.bool)
+    mask[perm[:count]] = True
+    return mask
+
+
+def attack_uploads(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], ids: Tensor, cfg: RobustConfig,
+                   num_clients: int, seed: int) -> dict[str, Tensor]:
+    """Simulated attack (experiments only): malicious sampled clients scale their update or send NaN."""
+    if cfg.attack == "none" or not uploads:
+        return uploads
+    bad = malicious_clients(num_clients, cfg.attack_fraction, seed)[ids.cpu()]
+    if not bool(bad.any()):
+        return uploads
+    out = dict(uploads)
+    for k in shared_keys(uploads, payload):
+        u, p = uploads[k], payload[k].unsqueeze(0).to(uploads[k].dtype)
+        mask = bad.to(u.device).reshape(-1, *([1] * (u.dim() - 1)))
+        hostile = p + cfg.attack_scale * (u - p) if cfg.attack == "scale" else torch.full_like(u, float("nan"))
+        out[k] = torch.where(mask, hostile, u)
+    return out
+
+
+def robust_uploads(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], cfg: RobustConfig | None
+                   ) -> dict[str, Tensor]:
+    """Uploads with the configured robust rule applied to the shared keys (``mean``: unchanged)."""
+    if cfg is None or cfg.aggregation == "mean" or not uploads:
+        return uploads
+    keys = shared_keys(uploads, payload)
+    if cfg.aggregation == "clip":
+        return _clip(uploads, payload, keys, cfg.clip_norm)
+    out = dict(uploads)
+    for k in keys:
+        u = uploads[k]
+        value = coordinate_median(u) if cfg.aggregation == "median" else trimmed_mean(u, cfg.trim_fraction)
+        # The same robust row for every client: any weighted mean of identical rows is that row.
+        out[k] = value.unsqueeze(0).expand_as(u)
+    return out
+
+
+def _clip(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], keys: list[str],
+          clip_norm: float | None) -> dict[str, Tensor]:
+    norms = update_norms({k: uploads[k] for k in keys}, payload)
+    tau = clip_norm if clip_norm is not None else float(norms.median())
+    # Clients at or under the threshold keep their exact upload (factor 1, no round trip through a delta).
+    factor = torch.where(norms > tau, tau / norms.clamp_min(1e-300), torch.ones_like(norms))
+    out = dict(uploads)
+    if bool((factor < 1).any()):
+        for k in keys:
+            u = uploads[k]
+            p = payload[k].unsqueeze(0).to(u.dtype)
+            f = factor.to(device=u.device, dtype=u.dtype).reshape(-1, *([1] * (u.dim() - 1)))
+            out[k] = torch.where(f < 1, p + f * (u - p), u)
+    return out
+
+
+def coordinate_median(stacked: Tensor) -> Tensor:
+    """Coordinate-wise median over the leading dim (the mean of the two middle values for an even count)."""
+    num = stacked.shape[0]
+    s = stacked.sort(dim=0).values
+    if num % 2:
+        return s[num // 2]
+    return (s[num // 2 - 1] + s[num // 2]) / 2
+
+
+def trimmed_mean(stacked: Tensor, fraction: float) -> Tensor:
+    """Coordinate-wise mean after dropping ``floor(fraction * K)`` smallest and largest values."""
+    num = stacked.shape[0]
+    cut = int(fraction * num)
+    if cut == 0:
+        return stacked.mean(dim=0)
+    return stacked.sort(dim=0).values[cut:num - cut].mean(dim=0)
+
+
+def guard_uploads(uploads: dict[str, Tensor], losses: Tensor, payload: Mapping[str, Tensor], ids: Tensor,
+                  cfg: RobustConfig | None, num_clients: int, seed: int, round_idx: int
+                  ) -> tuple[dict[str, Tensor], Tensor, dict]:
+    """The engine's screening step: the simulated attack (if configured), then validation of every upload."""
+    from .validation import validate_uploads
+
+    if cfg is not None:
+        uploads = attack_uploads(uploads, payload, ids, cfg, num_clients, seed)
+    max_norm = cfg.max_update_norm if cfg is not None else None
+    norms = update_norms(uploads, payload) if max_norm is not None else None
+    accepted, report = validate_uploads(uploads, losses, ids, norms, max_norm, round_idx)
+    return uploads, accepted, report
