@@ -1,4 +1,7 @@
-"""Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``."""
+"""Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``.
+
+``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from pathlib import Path
 
 from .config import ConfigError
 from .data.federated import DataError
+from .engine.checkpoint import RunInterrupted
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,13 +20,15 @@ def _parser() -> argparse.ArgumentParser:
                                 "adaptors: FLoRAL, Potara and their baselines.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment config")
-    run.add_argument("config", help="experiment TOML file (see configs/)")
+    run.add_argument("config", nargs="?", help="experiment TOML file (see configs/)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config value, e.g. --set run.rounds=10 (repeatable)")
     run.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
     run.add_argument("--algorithms", help="comma-separated algorithms to run (default: the config's list)")
     run.add_argument("--seeds", help="comma-separated seeds (default: run.seeds)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
+                     "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms or --seeds)")
     sub.add_parser("algorithms", help="list the available algorithms")
     return p
 
@@ -30,8 +36,20 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     from .config import load_experiment
     from .results import results_table
-    from .runner import run_experiment
+    from .runner import resume_experiment, run_experiment
 
+    if args.resume:
+        given = [o for o, v in (("CONFIG", args.config), ("--set", args.overrides), ("--algorithms", args.algorithms),
+                                ("--seeds", args.seeds), ("--out", args.out)) if v]
+        if given:
+            raise ConfigError(f"--resume: continues the run as configured in {args.resume}/config.toml; "
+                              f"drop {', '.join(given)}")
+        summary = resume_experiment(args.resume, progress=not args.no_progress)
+        print(results_table(summary))
+        print(f"run directory: {args.resume}")
+        return 0
+    if not args.config:
+        raise ConfigError("CONFIG: expected an experiment TOML file (or --resume RUN_DIR)")
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"run.seeds=[{args.seeds}]")
@@ -63,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as err:
+        print(f"bouquet: {err}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("bouquet: interrupted", file=sys.stderr)
         return 130

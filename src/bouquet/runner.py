@@ -6,6 +6,7 @@ Layout of a run directory::
     metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
                      rounds the mean/std/per-cluster/per-client scores
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
+    checkpoints/     <algorithm>-seed<seed>-r<round>.ckpt, the last two per run (see engine/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -13,15 +14,17 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch.func import vmap
 
 from .algorithms import ALGORITHMS, Algorithm
-from .config import Experiment, resolved_dict, with_run
+from .config import ConfigError, Experiment, load_experiment, resolved_dict, with_run
 from .data import build_dataset
 from .data.federated import FederatedDataset
+from .engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
 from .engine.simulator import RunSpec, SimState, Simulator
 from .models import build_model
 from .results import atomic_write_json, atomic_write_toml, mean_std, write_jsonl
@@ -42,7 +45,7 @@ def run_spec(exp: Experiment, alg: Algorithm, seed: int) -> RunSpec:
                    local_epochs=r.local_epochs, local_steps=r.local_steps, eval_every=r.eval_every, seed=seed,
                    vectorized=r.vectorized, eval_chunk=r.eval_chunk, shuffle=r.shuffle, device=r.device,
                    finetune_epochs=alg.hparams.get("finetune_epochs", 0),
-                   finetune_lr=alg.hparams.get("finetune_lr"))
+                   finetune_lr=alg.hparams.get("finetune_lr"), robust=exp.robust)
 
 
 def param_counts(alg: Algorithm, sim: Simulator, state: SimState, base: int) -> dict:
@@ -66,8 +69,16 @@ def is_better(metric: str, a: float, b: float) -> bool:
 
 
 def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
-            on_round: Callable[[dict], None] | None = None) -> tuple[dict, list[dict]]:
-    """One algorithm, one seed: returns its summary and its metric records."""
+            on_round: Callable[[dict], None] | None = None, checkpoints: CheckpointDir | None = None,
+            resume: dict | None = None, on_checkpoint: Callable[[list[dict]], None] | None = None,
+            stop: StopRequest | None = None) -> tuple[dict, list[dict]]:
+    """One algorithm, one seed: returns its summary and its metric records.
+
+    With ``checkpoints``, the run is saved every ``run.checkpoint_every`` rounds, at the end (marked
+    finished, with the summary) and when ``stop`` is requested (then RunInterrupted is raised);
+    ``on_checkpoint(records)`` follows each save. ``resume`` (a checkpoint) continues where it stopped:
+    the algorithm is rebuilt from its seed as usual, then every state and RNG is restored.
+    """
     alg, base = build_algorithm(exp, data, name, seed)
     sim = Simulator(alg, data, run_spec(exp, alg, seed))
     state = sim.init_state()
@@ -76,20 +87,48 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     records: list[dict] = []
     best: dict | None = None
     last: dict | None = None
+    wall_before = 0.0
+    if resume is not None:
+        state = SimState(**{k: _to_device(v, sim.device) for k, v in resume["state"].items()})
+        records, best, last, wall_before = list(resume["records"]), resume["best"], resume["last"], resume["wall"]
+        set_rng_state(resume["rng"])
+    tag = checkpoint_tag(name, seed)
+    every = exp.run.checkpoint_every
     start = time.perf_counter()
-    for _ in range(exp.run.rounds):
-        state, rec = sim.run_round(state)
+
+    def save(summary: dict | None = None) -> Path | None:
+        if checkpoints is None:
+            return None
+        snap = {"version": 1, "algorithm": name, "seed": seed, "round": state.round, "finished": summary is not None,
+                "state": {f.name: getattr(state, f.name) for f in fields(state)}, "rng": rng_state(),
+                "records": records, "best": best, "last": last, "summary": summary,
+                "wall": wall_before + time.perf_counter() - start}
+        path = checkpoints.save(tag, state.round, snap)
+        if on_checkpoint:
+            on_checkpoint(records)
+        return path
+
+    while state.round < exp.run.rounds:
+        new_state, rec = sim.run_round(state)
         rec = {"algorithm": name, "seed": seed, **rec}
-        if state.round % exp.run.eval_every == 0 or state.round == exp.run.rounds:
-            ev = sim.evaluate(state)
+        if new_state.round % exp.run.eval_every == 0 or new_state.round == exp.run.rounds:
+            ev = sim.evaluate(new_state)
             rec["eval"] = {"metric": metric, **ev}
-            last = {"round": state.round, **ev}
+            last = {"round": new_state.round, **ev}
             if best is None or is_better(metric, ev["mean"], best["mean"]):
-                best = {"round": state.round, **ev}
+                best = {"round": new_state.round, **ev}
         records.append(rec)
+        state = new_state
         if on_round:
             on_round(rec)
-    wall = time.perf_counter() - start
+        if stop is not None and stop.requested and state.round < exp.run.rounds:
+            path = save()
+            where = f"checkpoint {path}" if path else "no checkpoint (checkpointing is off)"
+            raise RunInterrupted(f"interrupted: {name} seed {seed} stopped after round {state.round} of "
+                                 f"{exp.run.rounds}; {where}")
+        if every and state.round % every == 0 and state.round < exp.run.rounds:
+            save()
+    wall = wall_before + time.perf_counter() - start
     assert last is not None and best is not None
     summary = {
         "algorithm": name, "seed": seed, "metric": metric, "rounds": state.round,
@@ -101,7 +140,19 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
         "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
         "extra": report(state.server, state.clients) if (report := alg.hparams.get("report")) else {},
     }
+    save(summary)
     return summary, records
+
+
+def checkpoint_tag(name: str, seed: int) -> str:
+    """File-name stem of one (algorithm, seed) run's checkpoints."""
+    return f"{name}-seed{seed}"
+
+
+def _to_device(tree, device: torch.device):
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    return tree.to(device) if isinstance(tree, torch.Tensor) else tree
 
 
 def aggregate_seeds(runs: list[dict]) -> dict:
@@ -121,32 +172,81 @@ def aggregate_seeds(runs: list[dict]) -> dict:
 
 
 def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
-                   progress: bool = True) -> dict:
-    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary."""
+                   progress: bool = True, resume: bool = False) -> dict:
+    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary.
+
+    Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
+    taken from their final checkpoints and the interrupted one continues from its latest valid one.
+    Ctrl-C stops after the current round, writes a checkpoint and raises RunInterrupted.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
+    _check_device(exp)
+    ckpts = CheckpointDir(out / "checkpoints")
+    if not resume and ckpts.any():
+        raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
+                          f"'bouquet run --resume {out}' or choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
     if exp.run.threads:
         torch.set_num_threads(exp.run.threads)
-    atomic_write_toml(out / "config.toml", resolved_dict(exp))
+    if not resume:
+        atomic_write_toml(out / "config.toml", resolved_dict(exp))
     all_records: list[dict] = []
     summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
-    for name in names:
-        runs = []
-        for seed in exp.run.seeds:
-            data = build_dataset(_data_for_seed(exp, seed))
-            bar = _progress(exp, name, seed) if progress else None
-            s, recs = run_one(with_run(exp, seeds=[seed]), data, name, seed,
-                              on_round=bar.update if bar else None)
-            if bar:
-                bar.close()
-            runs.append(s)
-            all_records += recs
-            write_jsonl(out / "metrics.jsonl", all_records)
-        summary["algorithms"][name] = aggregate_seeds(runs)
-        atomic_write_json(out / "summary.json", summary)
+    with StopRequest() as stop:
+        for name in names:
+            runs = []
+            for seed in exp.run.seeds:
+                found = ckpts.latest(checkpoint_tag(name, seed)) if resume else None
+                snap = found[0] if found else None
+                if snap is not None and snap["finished"]:
+                    s, recs = snap["summary"], snap["records"]
+                else:
+                    data = build_dataset(_data_for_seed(exp, seed))
+                    bar = _progress(exp, name, seed, snap["round"] if snap else 0) if progress else None
+                    done = list(all_records)
+                    try:
+                        s, recs = run_one(with_run(exp, seeds=[seed]), data, name, seed,
+                                          on_round=bar.update if bar else None, checkpoints=ckpts, resume=snap,
+                                          on_checkpoint=lambda r, done=done: write_jsonl(out / "metrics.jsonl",
+                                                                                         done + r),
+                                          stop=stop)
+                    except RunInterrupted as err:
+                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}") from None
+                    finally:
+                        if bar:
+                            bar.close()
+                runs.append(s)
+                all_records += recs
+                write_jsonl(out / "metrics.jsonl", all_records)
+            summary["algorithms"][name] = aggregate_seeds(runs)
+            atomic_write_json(out / "summary.json", summary)
     return summary
+
+
+def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
+    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run directory")
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.toml; expected a directory written by 'bouquet run'")
+    if not CheckpointDir(run_dir / "checkpoints").any():
+        raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
+                          f"or the run stopped before its first checkpoint)")
+    exp = load_experiment(run_dir / "config.toml")
+    return run_experiment(exp, run_dir, progress=progress, resume=True)
+
+
+def _check_device(exp: Experiment) -> None:
+    if exp.run.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device: expected 'cpu' (no CUDA device is available), got {exp.run.device!r}")
+        index = int(exp.run.device.split(":")[1]) if ":" in exp.run.device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"run.device: expected cuda:0..cuda:{torch.cuda.device_count() - 1}, "
+                              f"got {exp.run.device!r}")
 
 
 def _with_algorithms(exp: Experiment, names: list[str]) -> Experiment:
@@ -170,16 +270,17 @@ def _data_for_seed(exp: Experiment, seed: int):
 class _Bar:
     """tqdm progress bar showing round, train loss, last evaluation score and MB sent."""
 
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, desc: str, initial: int = 0):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, initial=initial)
         self.score = math.nan
 
     def update(self, rec: dict) -> None:
         if "eval" in rec:
             self.score = rec["eval"]["mean"]
-        self.bar.set_postfix(loss=f"{rec['train_loss']:.4f}", score=f"{self.score:.4f}",
+        loss = rec["train_loss"] if rec["train_loss"] is not None else math.nan
+        self.bar.set_postfix(loss=f"{loss:.4f}", score=f"{self.score:.4f}",
                              MB=f"{rec['bytes_total'] / 1e6:.1f}", refresh=False)
         self.bar.update(1)
 
@@ -187,5 +288,5 @@ class _Bar:
         self.bar.close()
 
 
-def _progress(exp: Experiment, name: str, seed: int) -> _Bar:
-    return _Bar(exp.run.rounds, f"{name} seed {seed}")
+def _progress(exp: Experiment, name: str, seed: int, initial: int = 0) -> _Bar:
+    return _Bar(exp.run.rounds, f"{name} seed {seed}", initial)

@@ -1,0 +1,166 @@
+"""Checksummed, atomic checkpoints of a run, and a Ctrl-C handler that stops at a round boundary.
+
+A checkpoint file is ``MAGIC + sha256(body) + "\\n" + body`` where ``body`` is a ``torch.save`` of
+plain containers of tensors and Python scalars (loaded back with ``weights_only=True``: a
+checkpoint is data, never code). It is written to a temporary file, fsynced and renamed, so a
+crash leaves the old file or the new one, never half of one. The last ``keep`` checkpoints of
+each (algorithm, seed) are kept: when the newest fails its checksum, the one before is used, with
+a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import re
+import signal
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..results import atomic_write_bytes
+
+MAGIC = b"BOUQUET-CHECKPOINT-1\n"
+_NAME = re.compile(r"^(?P<tag>.+)-r(?P<round>\d{7})\.ckpt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt or not a bouquet checkpoint."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped (corrupt or truncated) and an older one used instead."""
+
+
+def save_checkpoint(path: str | Path, obj: Any) -> None:
+    """Serialize ``obj`` with a SHA-256 header and write it atomically (temp file, fsync, rename)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    body = buf.getvalue()
+    atomic_write_bytes(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """Read and verify one checkpoint file; raise CheckpointError saying what is wrong with it."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not raw.startswith(MAGIC):
+        raise CheckpointError(f"{path}: not a bouquet checkpoint (bad header)")
+    head = len(MAGIC)
+    digest, body = raw[head:head + 64], raw[head + 65:]
+    if len(raw) < head + 65 or hashlib.sha256(body).hexdigest().encode() != digest:
+        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupt file)")
+    try:
+        return torch.load(io.BytesIO(body), weights_only=True, map_location="cpu")
+    except Exception as err:  # a file with a valid checksum we still cannot read: a version problem
+        raise CheckpointError(f"{path}: unreadable checkpoint ({err.__class__.__name__})") from None
+
+
+class CheckpointDir:
+    """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag."""
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def path(self, tag: str, round_idx: int) -> Path:
+        return self.dir / f"{tag}-r{round_idx:07d}.ckpt"
+
+    def files(self, tag: str) -> list[Path]:
+        """This tag's checkpoint files, newest (highest round) first."""
+        if not self.dir.is_dir():
+            return []
+        found = [(int(m["round"]), p) for p in self.dir.iterdir() if (m := _NAME.match(p.name)) and m["tag"] == tag]
+        return [p for _, p in sorted(found, reverse=True)]
+
+    def any(self) -> bool:
+        return self.dir.is_dir() and any(_NAME.match(p.name) for p in self.dir.iterdir())
+
+    def save(self, tag: str, round_idx: int, obj: Any) -> Path:
+        """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``."""
+        path = self.path(tag, round_idx)
+        save_checkpoint(path, obj)
+        for old in self.files(tag)[self.keep:]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def latest(self, tag: str) -> tuple[Any, Path] | None:
+        """The newest checkpoint of ``tag`` that verifies (warning about each one skipped), or None."""
+        for path in self.files(tag):
+            try:
+                return load_checkpoint(path), path
+            except CheckpointError as err:
+                warnings.warn(f"{err}; falling back to an older checkpoint", CheckpointWarning, stacklevel=2)
+        return None
+
+
+# -- random number generators -------------------------------------------------------------------
+
+def rng_state() -> dict:
+    """Every global RNG a round may draw from: torch (CPU and CUDA), NumPy and Python's ``random``."""
+    version, internal, gauss = random.getstate()
+    np_name, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": version, "internal": list(internal), "gauss": gauss},
+        "numpy": {"name": np_name, "key": torch.from_numpy(np_key.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what ``rng_state`` saved."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- Ctrl-C ---------------------------------------------------------------------------------------
+
+class StopRequest:
+    """Context manager: the first SIGINT asks the run to stop after the current round; a second aborts.
+
+    Outside the main thread (where signal handlers cannot be installed) it does nothing and Ctrl-C
+    raises KeyboardInterrupt as usual.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nbouquet: stopping after this round to write a checkpoint (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run stopped on Ctrl-C after writing a checkpoint; the message says how to resume."""
