@@ -1,0 +1,177 @@
+"""FLoRAL: learns and recovers clusters, aggregates with p(k|c), keeps routers private, counts parameters."""
+
+import torch
+from torch import nn
+
+from bouquet.algorithms import ALGORITHMS
+from bouquet.algorithms.floral import RouterConfig, damped_server_lr, floral, wrap
+from bouquet.algorithms.routing import MIXTURE_WEIGHT, ROUTER
+from bouquet.cli import main
+from bouquet.config import parse_experiment
+from bouquet.data import DataSpec, build_dataset
+from bouquet.engine.simulator import RunSpec, Simulator
+from bouquet.runner import build_algorithm, param_counts, run_one
+
+SYN = {
+    "name": "syn",
+    "data": {"name": "synthetic_linear", "num_clients": 10, "num_clusters": 2},
+    "model": {"name": "linear"},
+    "run": {"rounds": 250, "clients_per_round": 10, "batch_size": 4, "eval_every": 250},
+    "train": {"lr": 0.1},
+}
+
+
+def _run(alg, data, rounds, **spec):
+    sim = Simulator(alg, data, RunSpec(rounds=rounds, clients_per_round=data.num_clients, batch_size=4, **spec))
+    state = sim.init_state()
+    uploads_seen = []
+    for _ in range(rounds):
+        state, _ = sim.run_round(state)
+    return sim, state, uploads_seen
+
+
+def test_user_sequential_wrapped_in_one_call_learns_and_recovers_clusters():
+    """The README path: a plain nn.Sequential, `wrap`, then `floral`, on FLoRAL's synthetic_linear task."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=10, num_clusters=2))
+    torch.manual_seed(0)
+    user = nn.Sequential(nn.Flatten(), nn.Linear(10, 3))
+    alg = floral(wrap(user, num_adaptors=2, rank=1), data.task, lr=0.1, router_lr=0.1)
+    sim, state, _ = _run(alg, data, 250)
+    mse = sim.evaluate(state)["mean"]
+    start = Simulator(alg, data, sim.spec).evaluate(sim.init_state())["mean"]
+    assert mse < 0.05 < start, (start, mse)
+    assert alg.hparams["report"](state.server, state.clients)["router_ari"] == 1.0
+    # The user's own module is untouched (wrap copies it).
+    assert [n for n, _ in user.named_parameters()] == ["1.weight", "1.bias"]
+
+
+def test_acceptance_shape_floral_beats_fedavg_and_local_adaptor():
+    exp = parse_experiment(SYN)
+    data = build_dataset(exp.data)
+    res = {n: run_one(exp, data, n, seed=0)[0] for n in ("floral", "fedavg", "local_adaptor")}
+    assert res["floral"]["last"]["mean"] < 0.05
+    assert res["fedavg"]["last"]["mean"] > 1.0 and res["local_adaptor"]["last"]["mean"] > 1.0
+    assert res["floral"]["extra"]["router_ari"] == 1.0
+
+
+def test_router_logits_never_uploaded_and_mixture_weight_is_softmax():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.5,
+                 router=RouterConfig(noise_std=1.0, floor=0.01))
+    server, clients = alg.init(torch.Generator(), data.clusters)
+    cs = {ROUTER: torch.tensor([0.3, -0.2])}
+    batch = {"x": torch.randn(4, 10), "y": torch.randn(4, 3), "w": torch.ones(4)}
+    trainable = alg.client_init(alg.broadcast(server), cs, {k: v[None] for k, v in batch.items()})
+    assert ROUTER in trainable
+    upload, private = alg.client_final(trainable, alg.broadcast(server), cs, torch.tensor(4))
+    assert not any(k.startswith("router") for k in upload)
+    assert set(private) == {ROUTER}
+    torch.testing.assert_close(upload[MIXTURE_WEIGHT], torch.softmax(cs[ROUTER], -1))  # no noise, no floor
+
+
+def test_aggregation_weights_adaptor_c_by_n_times_pi():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1)
+    server, _ = alg.init(torch.Generator(), data.clusters)
+    keys = list(server["params"])
+    k_uploads = 3
+    uploads = {k: torch.randn(k_uploads, *v.shape) for k, v in server["params"].items()}
+    pi = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    n = torch.tensor([1.0, 2.0, 3.0])
+    uploads[MIXTURE_WEIGHT] = pi
+    new = alg.aggregate(server, uploads, n)["params"]
+    for k in keys:
+        if k.endswith("lora_A") or k.endswith("lora_B") or k.endswith("lora_bias"):
+            for c in range(2):
+                w = n * pi[:, c] / (n * pi[:, c]).sum()
+                expect = (w.view(-1, *[1] * (uploads[k].dim() - 1)) * uploads[k]).sum(0)[c]
+                torch.testing.assert_close(new[k][c], expect)
+        else:
+            torch.testing.assert_close(new[k], (n / n.sum()).view(-1, *[1] * (uploads[k].dim() - 1)).mul(
+                uploads[k]).sum(0))
+
+
+def test_vectorized_and_sequential_engines_agree():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=6, num_clusters=2))
+    finals = []
+    for vectorized in (True, False):
+        torch.manual_seed(0)
+        alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.3)
+        sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=3, vectorized=vectorized))
+        state = sim.init_state()
+        for _ in range(3):
+            state, _ = sim.run_round(state)
+        finals.append(state)
+    for k, v in finals[0].server["params"].items():
+        torch.testing.assert_close(v, finals[1].server["params"][k], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(finals[0].clients[ROUTER], finals[1].clients[ROUTER], atol=1e-5, rtol=1e-4)
+
+
+def test_optimal_router_is_exact_one_hot_and_frozen():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=6, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, optimal_router=True)
+    sim, state, _ = _run(alg, data, 5)
+    pi = torch.softmax(state.clients[ROUTER], -1)
+    assert torch.equal(pi, torch.nn.functional.one_hot(data.clusters.long() % 2, 2).to(pi.dtype))
+    assert alg.optimizer.rate(ROUTER) == 0.0
+
+
+def test_paper_server_damping_moves_adaptors_by_lora_lr():
+    lr_of = damped_server_lr(1.0, 0.1)
+    assert lr_of("router.logits") == 1.0 and lr_of("model.1.base.weight") == 1.0
+    assert lr_of("model.1.lora_A") == 0.1 and lr_of("model.1.lora_bias") == 0.1
+
+
+def test_entropy_term_with_positive_weight_pushes_router_towards_uniform():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=2, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router=RouterConfig(entropy=10.0))
+    server, _ = alg.init(torch.Generator(), data.clusters)
+    cs = {ROUTER: torch.tensor([1.0, 0.0])}
+    batch = {"x": torch.zeros(1, 10), "y": torch.zeros(1, 3), "w": torch.zeros(1)}  # no data: entropy only
+    tr = alg.client_init(alg.broadcast(server), cs, batch)
+    g = torch.func.grad(lambda t: alg.loss(t, {}, cs, batch))(tr)[ROUTER]
+    assert g[0] > 0 > g[1]  # descending lowers the larger logit: towards uniform
+
+
+def test_paper_preset_options():
+    opts = ALGORITHMS["floral_paper"].options()
+    assert (opts.router_noise, opts.router_floor) == (1.0, 0.01)
+    assert opts.paper_bias_init and opts.paper_server_damping and opts.paper_conv_rank_bug
+    clean = ALGORITHMS["floral"].options()
+    assert (clean.router_noise, clean.router_floor, clean.paper_bias_init, clean.paper_server_damping) == (
+        0.0, 0.0, False, False)
+
+
+MNIST_RAW = {
+    "name": "m",
+    "data": {"name": "mnist5k", "num_clients": 20, "num_clusters": 4, "shift": "rotate", "train_per_client": 10},
+    "model": {"name": "mlp"},
+    "run": {"rounds": 1, "clients_per_round": 2, "batch_size": 32, "eval_every": 1},
+    "train": {"lr": 0.1},
+}
+
+
+def test_parameter_overhead_matches_hand_count(tmp_path, capsys):
+    """MLP 784-200-10, C = 4, rho = 1% (reference: 5,616 adaptor parameters, +3.5%)."""
+    base = 784 * 200 + 200 + 200 * 10 + 10
+    # layer 1: r = floor(0.01 * 784 * 200 / 984) = 1; layer 2: r = max(1, floor(0.01 * 2000 / 210)) = 1
+    adaptors = 4 * (1 * 784 + 200 * 1 + 200) + 4 * (1 * 200 + 10 * 1 + 10)
+    assert adaptors == 5616
+    exp = parse_experiment(MNIST_RAW)
+    data = build_dataset(exp.data)
+    alg, nbase = build_algorithm(exp, data, "floral", 0)
+    sim = Simulator(alg, data, RunSpec(rounds=1, clients_per_round=2, batch_size=32))
+    counts = param_counts(alg, sim, sim.init_state(), nbase)
+    assert counts["base"] == base and counts["adaptors"] == adaptors and counts["router"] == 4
+    assert counts["per_client"] == base + adaptors + 4
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('name = "m"\n[data]\nname = "mnist5k"\nnum_clients = 20\nnum_clusters = 4\nshift = "rotate"\n'
+                   'train_per_client = 10\n[model]\nname = "mlp"\n[run]\nrounds = 1\nclients_per_round = 2\n'
+                   'batch_size = 32\n[train]\nlr = 0.1\n')
+    assert main(["run", str(cfg), "--algorithms", "floral", "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert f"{base + adaptors + 4:,}" in printed and f"+{100 * (adaptors + 4) / base:.1f}%" in printed
