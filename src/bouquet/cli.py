@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
                      "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms or --seeds)")
+    run.add_argument("--engine", choices=["local", "flower-sim", "flower"],
+                     help="local (default: run.engine), flower-sim (Flower simulation runtime) or flower "
+                     "(a running SuperLink, see --superlink); docs/flower.md")
+    run.add_argument("--superlink", metavar="ADDRESS", help="with --engine flower: host:port of an insecure "
+                     "SuperLink, or the name of a connection in $FLWR_HOME/config.toml (TLS)")
     sub.add_parser("algorithms", help="list the available algorithms")
     return p
 
@@ -53,10 +58,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"run.seeds=[{args.seeds}]")
+    if args.engine:
+        overrides.append(f"run.engine='{args.engine}'")
     exp = load_experiment(args.config, overrides)
     algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else None
     out = Path(args.out) if args.out else Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = run_experiment(exp, out, algorithms, progress=not args.no_progress)
+    summary = run_experiment(exp, out, algorithms, progress=not args.no_progress, superlink=args.superlink)
     print(f"\n{exp.name}: {exp.data.name}, {exp.data.num_clients} clients, {exp.run.rounds} rounds")
     print(results_table(summary))
     print(f"run directory: {out}")

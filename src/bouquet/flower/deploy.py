@@ -1,0 +1,308 @@
+"""Start and stop a real Flower federation on this machine: one SuperLink and N SuperNodes.
+
+Every process is started in its own session and stopped by its PID (process group: the
+SuperExec/ClientApp children go with it), also on failure (``with LocalFederation(...) as fed``).
+Ports are free ones picked by binding port 0. ``FLWR_HOME`` points at a private directory holding
+the Flower configuration (a SuperLink connection named ``bouquet``), installed apps and logs.
+
+    with LocalFederation(tmp, num_supernodes=3) as fed:       # or simulation=True, or tls=make_tls(tmp)
+        out = fed.run_app(app_dir, {"algorithm": "floral"})   # ``flwr run APP bouquet --stream``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (bind port 0 on loopback)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """An executable of the running environment (next to the interpreter), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files: the CA certificate (clients trust it) and the server's certificate and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+def make_tls(directory: str | Path, host: str = "127.0.0.1") -> TLSFiles:
+    """Generate a self-signed CA and a server certificate for ``host`` (IP and localhost SANs), valid 1 day."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("bouquet test CA")).issuer_name(name("bouquet test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName("localhost")]
+    try:
+        sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+    except ValueError:
+        sans.append(x509.DNSName(host))
+    cert = (x509.CertificateBuilder().subject_name(name(host)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+    files = TLSFiles(d / "ca.pem", d / "server.pem", d / "server.key")
+    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files.server_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    return files
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, session id) of every process (Linux ``/proc``)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid``, its descendants, and every process in the sessions they lead.
+
+    SuperLink/SuperNode start SuperExec in a new session, which starts ServerApp/ClientApp and
+    simulation (Ray) processes; some outlive their parents, so sessions are followed too.
+    """
+    table = _proc_table()
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _) in table.items():
+            if ppid == parent and child not in tree:
+                tree.add(child)
+                frontier.append(child)
+    sessions = {p for p in tree if p in table and table[p][1] == p}
+    tree |= {p for p, (_, sid) in table.items() if sid in sessions}
+    return sorted(tree)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop ``proc`` and every process it started (``process_tree``): SIGTERM, then SIGKILL after ``grace``."""
+    tree = process_tree(proc.pid)
+    for pid in tree:
+        _signal(pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in tree if p != proc.pid):
+        time.sleep(0.1)
+    for pid in set(tree) | set(process_tree(proc.pid)):
+        _signal(pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):  # a process stuck in the kernel
+        proc.wait(timeout=grace)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rindex(")") + 2] != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+class LocalFederation:
+    """A SuperLink (deployment or simulation runtime) and N SuperNodes on 127.0.0.1."""
+
+    def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
+                 tls: TLSFiles | None = None, startup_timeout: float = 60.0):
+        self.dir = Path(workdir)
+        self.home = self.dir / "flwr-home"
+        self.logs = self.dir / "logs"
+        self.num_supernodes, self.simulation, self.tls = num_supernodes, simulation, tls
+        self.startup_timeout = startup_timeout
+        self.port = free_port()
+        self.superlink: subprocess.Popen | None = None
+        self.supernodes: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, FLWR_HOME=str(self.home), FLWR_DISABLE_UPDATE_CHECK="1",
+                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), RAY_DEDUP_LOGS="0")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=self.dir,
+                                    start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def _security(self, server: bool) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        if server:
+            return ["--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.server_cert),
+                    "--ssl-keyfile", str(self.tls.server_key)]
+        return ["--root-certificates", str(self.tls.ca_cert)]
+
+    def write_connection(self) -> Path:
+        """``$FLWR_HOME/config.toml`` with the connection ``bouquet`` to this SuperLink (the default)."""
+        conn: dict = {"address": self.address}
+        if self.tls is None:
+            conn["insecure"] = True
+        else:
+            conn["root-certificates"] = str(self.tls.ca_cert)
+        self.home.mkdir(parents=True, exist_ok=True)
+        path = self.home / "config.toml"
+        path.write_text(tomli_w.dumps({"superlink": {"default": "bouquet", "bouquet": conn}}))
+        return path
+
+    def start(self) -> LocalFederation:
+        """Start the SuperLink, wait until it accepts connections, then start the SuperNodes."""
+        self.write_connection()
+        args = [_bin("flower-superlink"), *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]
+        if self.simulation:
+            args.append("--simulation")
+        self.superlink = self._spawn("superlink", args)
+        self._wait_port(self.port, self.superlink)
+        for i in range(self.num_supernodes):
+            self.add_supernode(i, self.num_supernodes)
+        return self
+
+    def add_supernode(self, partition_id: int, num_partitions: int) -> subprocess.Popen:
+        """Start one SuperNode serving ``partition_id`` (its own free ClientAppIo/runtime port)."""
+        args = [_bin("flower-supernode"), *self._security(False), "--superlink", self.address,
+                "--port", str(free_port()),
+                "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+        proc = self._spawn(f"supernode-{partition_id}", args)
+        self.supernodes.append(proc)
+        return proc
+
+    def kill_supernode(self, index: int) -> None:
+        """Kill a SuperNode and its children at once (SIGKILL: a crash, not a shutdown)."""
+        proc = self.supernodes[index]
+        for pid in process_tree(proc.pid):
+            _signal(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def _wait_port(self, port: int, proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"flower-superlink exited with code {proc.returncode}; see {self.logs}")
+            with socket.socket() as s:
+                s.settimeout(0.5)
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"flower-superlink did not listen on {port} within {self.startup_timeout:.0f}s")
+
+    def run_app(self, app_dir: str | Path, run_config: dict | None = None, *,
+                federation_config: dict | None = None, timeout: float = 600.0,
+                on_line=None) -> subprocess.CompletedProcess:
+        """``flwr run APP bouquet --stream`` against this SuperLink; returns when the run ends."""
+        return flwr_run(app_dir, "bouquet", run_config, federation_config=federation_config, env=self.env(),
+                        timeout=timeout, on_line=on_line)
+
+    def stop(self) -> None:
+        """Stop every process this federation started (SuperNodes first), by PID."""
+        for proc in reversed(self.procs):
+            stop_process(proc)
+
+    def __enter__(self) -> LocalFederation:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _config_args(values: dict | None) -> str:
+    """``key=value`` pairs as ``flwr run --run-config`` reads them (values as TOML)."""
+    if not values:
+        return ""
+    return " ".join(f"{k}={tomli_w.dumps({'v': v})[4:].strip()}" for k, v in values.items())
+
+
+def flwr_run(app_dir: str | Path, connection: str | None, run_config: dict | None = None, *,
+             federation_config: dict | None = None, env: dict | None = None, timeout: float = 600.0,
+             on_line=None) -> subprocess.CompletedProcess:
+    """Submit a Flower app with ``flwr run ... --stream`` and wait until its run ends.
+
+    ``on_line(line)`` sees every streamed output line as it comes; the whole output is returned too.
+    """
+    args = [_bin("flwr"), "run", str(app_dir)]
+    if connection:
+        args.append(connection)
+    if run_config:
+        args += ["--run-config", _config_args(run_config)]
+    if federation_config:
+        args += ["--federation-config", _config_args(federation_config)]
+    args.append("--stream")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"flwr run did not finish within {timeout:.0f}s")
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        stop_process(proc, grace=5.0)
+    return subprocess.CompletedProcess(args, proc.returncode, "".join(lines), "")

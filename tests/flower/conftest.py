@@ -1,0 +1,92 @@
+"""Shared helpers: an in-process Flower Grid (fast logic tests) and small experiments."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable
+
+import pytest
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+BIN = shutil.which("flower-superlink")
+
+SMALL = """
+name = "flower_small"
+algorithms = ["fedavg"]
+
+[data]
+name = "synthetic_linear"
+num_clients = 6
+num_clusters = 2
+
+[model]
+name = "linear"
+
+[run]
+rounds = 3
+clients_per_round = 4
+batch_size = 4
+eval_every = 1
+seeds = [0]
+vectorized = false
+
+[train]
+lr = 0.1
+"""
+
+
+class LoopbackGrid(Grid):
+    """Delivers messages to ClientApps in this process, one ``Context`` per node (state persists).
+
+    ``fail(node_id, message) -> bool`` drops a message (a node that died), ``tamper`` edits a reply.
+    """
+
+    def __init__(self, client_app, run_config: dict, num_nodes: int,
+                 fail: Callable[[int, Message], bool] | None = None,
+                 tamper: Callable[[Message], None] | None = None):
+        self.app, self.fail, self.tamper = client_app, fail, tamper
+        # Flower stamps messages with the process's task identity (set by the real runtimes)
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+        self.contexts = {
+            100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": num_nodes},
+                             state=RecordDict(), run_config=dict(run_config))
+            for i in range(num_nodes)
+        }
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used in process
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        return None
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # pragma: no cover
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if self.fail is not None and self.fail(node, msg):
+                continue
+            reply = self.app(msg, self.contexts[node])
+            if self.tamper is not None:
+                self.tamper(reply)
+            replies.append(reply)
+        return replies
+
+
+@pytest.fixture
+def small_experiment() -> str:
+    return SMALL
