@@ -1,8 +1,8 @@
 """Local SGD of many clients: one vmapped step for all clients of a round, or a client-by-client loop.
 
-Both paths run the same per-client step function, so they agree within float tolerance; the
-sequential one drops padding rows instead of weighting them by zero, which makes it an independent
-reference for the padded, batched computation.
+Both paths compute the same per-client SGD step, so they agree within float tolerance; the
+sequential one (``make_step`` with ``torch.func.grad``, client by client) drops padding rows instead
+of weighting them by zero, which makes it an independent reference for the padded, batched one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from ..algorithms.base import Batch, LocalOptimizer, Params
+from .fast import fast_linear
 
 # loss(trainable, shared, private, batch) -> scalar; ``shared`` is the same for every client (the
 # payload), ``private`` has one slice per client (its client state).
@@ -50,17 +51,48 @@ def train_vectorized(loss_fn: LossFn, optimizer: LocalOptimizer, trainable: Para
     """All clients at once. ``trainable``/``private`` have a leading client dim; batches are [K, S, B, ...].
 
     Returns the trained parameters and each client's mean loss over its real steps.
+
+    Same maths as ``make_step`` per client, arranged for speed: the loss is vmapped over clients and
+    differentiated by plain autograd (the gradient of the sum of independent per-client losses is
+    each client's own gradient), ``F.linear`` runs as ``FastLinear`` (contiguous weight gradients),
+    and the parameters are updated in place in buffers owned by this call.
     """
-    step = make_step(loss_fn, optimizer, list(trainable))
-    vstep = vmap(step, in_dims=(0, None, 0, 0), randomness="different")
-    num_steps = batches["w"].shape[1]
-    total = torch.zeros(batches["w"].shape[0], dtype=batches["x"].dtype, device=batches["x"].device)
+    names = list(trainable)
+    rates = [optimizer.rate(k) for k in names]
+    vloss = vmap(loss_fn, in_dims=(0, None, 0, 0), randomness="different")
+    vtransform = vmap(optimizer.grad_transform) if optimizer.grad_transform is not None else None
+    w = batches["w"]
+    num_clients, num_steps = w.shape[:2]
+    dtype = batches["x"].dtype if batches["x"].is_floating_point() else w.dtype
+    active = (w.sum(dim=2) > 0).to(dtype)  # [K, S]
+    # One contiguous [K, B, ...] block per step (a no-op when the engine gathered them step-major).
+    steps = {k: v.transpose(0, 1).contiguous() for k, v in batches.items()}
+    params = [trainable[k].detach().clone(memory_format=torch.contiguous_format) for k in names]
+    total = torch.zeros(num_clients, dtype=dtype, device=w.device)
     for s in range(num_steps):
-        batch = {k: v[:, s] for k, v in batches.items()}
-        trainable, value = vstep(trainable, shared, private, batch)
-        total = total + value
-    real_steps = (batches["w"].sum(dim=2) > 0).sum(dim=1).clamp_min(1)
-    return trainable, total / real_steps
+        batch = {k: v[s] for k, v in steps.items()}
+        leaves = [p.requires_grad_(True) for p in params]
+        with torch.enable_grad(), fast_linear():
+            values = vloss(dict(zip(names, leaves, strict=True)), shared, private, batch)
+            grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True)
+        for p in params:
+            p.requires_grad_(False)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads, strict=True)]
+        if vtransform is not None:
+            out = vtransform(dict(zip(names, params, strict=True)), dict(zip(names, grads, strict=True)))
+            grads = [out[k] for k in names]
+        mask = active[:, s]
+        every = bool(mask.all())  # padding steps are rare: skip the per-client scale when there are none
+        with torch.no_grad():
+            for p, g, rate in zip(params, grads, rates, strict=True):
+                if optimizer.weight_decay:
+                    g = g + optimizer.weight_decay * p
+                if not every:
+                    g = g * mask.view(-1, *([1] * (p.dim() - 1)))
+                p.add_(g, alpha=-rate)
+            total += values.detach() * mask
+    real_steps = active.sum(dim=1).clamp_min(1)
+    return dict(zip(names, params, strict=True)), total / real_steps
 
 
 def train_sequential(loss_fn: LossFn, optimizer: LocalOptimizer, trainable: Params,
