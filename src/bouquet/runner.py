@@ -172,7 +172,7 @@ def aggregate_seeds(runs: list[dict]) -> dict:
 
 
 def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
-                   progress: bool = True, resume: bool = False) -> dict:
+                   progress: bool = True, resume: bool = False, superlink: str | None = None) -> dict:
     """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary.
 
     Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
@@ -183,6 +183,10 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
+    if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
+        from .flower.engine import run as run_flower
+
+        return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
     ckpts = CheckpointDir(out / "checkpoints")
     if not resume and ckpts.any():
         raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
