@@ -12,11 +12,13 @@ Layout of a run directory::
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.func import vmap
 
@@ -32,7 +34,10 @@ from .results import atomic_write_json, atomic_write_toml, mean_std, write_jsonl
 
 def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Algorithm, int]:
     """Seeded model construction then the algorithm; returns it with the base model's parameter count."""
+    # Every global RNG is seeded, so a run's checkpoints (which hold them all) are reproducible too.
     torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
     model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
     base = sum(p.numel() for p in model.parameters())
     alg = ALGORITHMS[name].build(model, data, exp, exp.algo[name])

@@ -1,0 +1,178 @@
+"""Checkpoint files (checksum, atomic rotation, fallback) and resuming runs in-process to identical results."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from bouquet.config import ConfigError, load_experiment
+from bouquet.engine.checkpoint import (
+    CheckpointDir,
+    CheckpointError,
+    CheckpointWarning,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from bouquet.runner import resume_experiment, run_experiment
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _exp(rounds: int = 12, every: int = 3):
+    return load_experiment(ROOT / "configs" / "synthetic_linear.toml",
+                           [f"run.rounds={rounds}", f"run.checkpoint_every={every}", "run.eval_every=4"])
+
+
+def _strip_wall(obj):
+    if isinstance(obj, dict):
+        return {k: _strip_wall(v) for k, v in obj.items() if k not in ("wall_seconds", "wall")}
+    if isinstance(obj, list):
+        return [_strip_wall(v) for v in obj]
+    return obj
+
+
+def assert_same_tree(a, b, where="") -> None:
+    """Equal containers; tensors equal bit for bit (same dtype, shape and values, NaN where NaN)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                     and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def final_checkpoints(run_dir: Path) -> dict:
+    """The newest checkpoint of every (algorithm, seed) in a run directory, wall-clock fields removed."""
+    out = {}
+    for path in sorted((run_dir / "checkpoints").glob("*.ckpt")):
+        tag = path.name.rsplit("-r", 1)[0]
+        out[tag] = path  # sorted: the newest round wins
+    return {tag: _strip_wall(load_checkpoint(p)) for tag, p in out.items()}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same summary (but wall-clock time), same metrics file, same final checkpoints."""
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    assert _strip_wall(sa) == _strip_wall(sb)
+    assert (a / "metrics.jsonl").read_text() == (b / "metrics.jsonl").read_text()
+    ca, cb = final_checkpoints(a), final_checkpoints(b)
+    assert set(ca) == set(cb)
+    for tag in ca:
+        assert ca[tag]["finished"] and cb[tag]["finished"]
+        assert_same_tree(ca[tag], cb[tag], tag)
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+def test_roundtrip_and_checksum(tmp_path: Path) -> None:
+    obj = {"x": torch.randn(4, 3), "n": 3, "nested": {"y": torch.arange(5)}, "records": [{"a": 1.5, "b": None}]}
+    path = tmp_path / "a.ckpt"
+    save_checkpoint(path, obj)
+    assert_same_tree(load_checkpoint(path), obj)
+    raw = path.read_bytes()
+    for bad in (raw[:-7], raw[:30], raw[:-20] + b"x" * 20, b"not a checkpoint"):
+        path.write_bytes(bad)
+        with pytest.raises(CheckpointError):
+            load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+
+
+def test_keeps_last_two_and_falls_back_with_a_warning(tmp_path: Path) -> None:
+    ck = CheckpointDir(tmp_path)
+    for r in range(1, 5):
+        ck.save("fedavg-seed0", r, {"round": r})
+    ck.save("local-seed0", 9, {"round": 9})
+    assert [p.name for p in ck.files("fedavg-seed0")] == ["fedavg-seed0-r0000004.ckpt", "fedavg-seed0-r0000003.ckpt"]
+    newest = ck.files("fedavg-seed0")[0]
+    newest.write_bytes(newest.read_bytes()[:-3])
+    with pytest.warns(CheckpointWarning, match="checksum"):
+        obj, path = ck.latest("fedavg-seed0")
+    assert obj["round"] == 3 and path.name.endswith("r0000003.ckpt")
+    assert ck.latest("nothing") is None
+
+
+def test_rng_state_roundtrip() -> None:
+    import random
+
+    import numpy as np
+
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(2), random.random())
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(2), random.random())
+    assert torch.equal(a[0], b[0]) and (a[1] == b[1]).all() and a[2] == b[2]
+
+
+# -- resuming in-process -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reference")
+    run_experiment(_exp(), out, progress=False)
+    return out
+
+
+def _killed_copy(reference: Path, out: Path, tag: str, after_round: int) -> None:
+    """A copy of a finished run made to look killed after ``tag``'s checkpoint of round ``after_round``."""
+    import shutil
+
+    shutil.copytree(reference, out)
+    tags = ["fedavg-seed0", "local-seed0"]
+    for path in (out / "checkpoints").glob("*.ckpt"):
+        t, rnd = path.name.rsplit("-r", 1)
+        if tags.index(t) > tags.index(tag) or (t == tag and int(rnd[:7]) > after_round):
+            path.unlink()
+    (out / "summary.json").unlink()
+
+
+def test_resume_mid_run_matches_uninterrupted(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed_copy(reference, out, "fedavg-seed0", 9)
+    assert [p.name for p in CheckpointDir(out / "checkpoints").files("fedavg-seed0")] == ["fedavg-seed0-r0000009.ckpt"]
+    resume_experiment(out, progress=False)
+    assert_same_run(out, reference)
+
+
+def test_resume_skips_finished_runs_and_survives_a_corrupt_checkpoint(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed_copy(reference, out, "local-seed0", 12)
+    fedavg_final = (out / "checkpoints" / "fedavg-seed0-r0000012.ckpt").read_bytes()
+    newest = CheckpointDir(out / "checkpoints").files("local-seed0")[0]
+    assert newest.name.endswith("r0000012.ckpt")
+    newest.write_bytes(newest.read_bytes()[: len(newest.read_bytes()) // 2])  # truncated: round 9 is used
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume_experiment(out, progress=False)
+    assert any(issubclass(w.category, CheckpointWarning) for w in caught)
+    assert (out / "checkpoints" / "fedavg-seed0-r0000012.ckpt").read_bytes() == fedavg_final  # not rerun
+    assert_same_run(out, reference)
+
+
+def test_new_run_refuses_a_directory_with_checkpoints(tmp_path: Path, reference: Path) -> None:
+    with pytest.raises(ConfigError, match="--resume"):
+        run_experiment(_exp(), reference, progress=False)
+
+
+def test_resume_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such run directory"):
+        resume_experiment(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="no config.toml"):
+        resume_experiment(tmp_path)
+    (tmp_path / "config.toml").write_text("")
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        resume_experiment(tmp_path)

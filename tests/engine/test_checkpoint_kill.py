@@ -1,0 +1,95 @@
+"""A real ``bouquet run`` process killed (SIGKILL) or interrupted (SIGINT) mid-run, then resumed: identical results."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_checkpoint import assert_same_run
+
+from bouquet.engine.checkpoint import CheckpointDir
+
+ROOT = Path(__file__).resolve().parents[2]
+ROUNDS = 80
+SETTINGS = [f"run.rounds={ROUNDS}", "run.checkpoint_every=2", "run.eval_every=20", "run.threads=1"]
+TAGS = ["fedavg-seed0", "local-seed0"]
+
+pytestmark = pytest.mark.slow
+
+
+def _bouquet(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "bouquet.cli", "run", *args, "--no-progress"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _start(out: Path) -> subprocess.Popen:
+    sets = [a for s in SETTINGS for a in ("--set", s)]
+    return _bouquet(str(ROOT / "configs" / "synthetic_linear.toml"), *sets, "--algorithms", "fedavg,local",
+                    "--out", str(out))
+
+
+def _finish(proc: subprocess.Popen) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, tag: str, min_round: int) -> bool:
+    """Poll until ``tag`` has a checkpoint of round >= ``min_round``; False if the process ended first."""
+    ck = CheckpointDir(run_dir / "checkpoints")
+    while proc.poll() is None:
+        files = ck.files(tag)
+        if files and int(files[0].name.rsplit("-r", 1)[1][:7]) >= min_round:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("uninterrupted") / "run"
+    rc, err = _finish(_start(out))
+    assert rc == 0, err
+    return out
+
+
+def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path, reference: Path) -> None:
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    tag, at = rng.choice(TAGS), rng.randrange(2, ROUNDS)
+    out = tmp_path / "run"
+    proc = _start(out)
+    reached = _wait_for_checkpoint(proc, out, tag, at)
+    if reached:
+        time.sleep(rng.uniform(0, 0.05))  # anywhere in the next rounds, also mid-write
+        proc.send_signal(signal.SIGKILL)
+    rc, err = _finish(proc)
+    assert reached and rc == -signal.SIGKILL, f"seed {seed}: process ended before the kill ({rc}): {err}"
+    assert not (out / "summary.json").exists() or tag == "local-seed0"
+    rc, err = _finish(_bouquet("--resume", str(out)))
+    assert rc == 0, f"seed {seed} ({tag} after round {at}): {err}"
+    try:
+        assert_same_run(out, reference)
+    except AssertionError as e:
+        raise AssertionError(f"seed {seed} ({tag} after round {at}): {e}") from None
+
+
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    proc = _start(out)
+    assert _wait_for_checkpoint(proc, out, "fedavg-seed0", 10)
+    proc.send_signal(signal.SIGINT)
+    rc, err = _finish(proc)
+    assert rc == 130, err
+    assert "checkpoint" in err and f"bouquet run --resume {out}" in err
+    stopped = int(err.split("stopped after round ")[1].split()[0])
+    assert CheckpointDir(out / "checkpoints").files("fedavg-seed0")[0].name == f"fedavg-seed0-r{stopped:07d}.ckpt"
+    rc, err = _finish(_bouquet("--resume", str(out)))
+    assert rc == 0, err
+    assert_same_run(out, reference)
