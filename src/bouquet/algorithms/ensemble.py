@@ -77,7 +77,7 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
         seen["clusters"] = clusters.clone()
         params = {k: v.clone() for k, v in init_params.items()}
         return ({"params": params, "opt": server_opt.init(params)},
-                {ROUTER: initial_logits(clusters, num_models, optimal_router, dtype)})
+                {ROUTER: initial_logits(clusters, num_models, optimal_router, dtype, gen, rc.init_std)})
 
     def broadcast(server):
         return dict(server["params"])

@@ -41,6 +41,7 @@ class RouterConfig:
     floor: float = 0.0
     temperature: float = 1.0
     entropy: float = 0.0  # loss - entropy * H(pi): > 0 pushes pi towards uniform, < 0 towards one-hot
+    init_std: float = 0.0  # ours: random initial logits N(0, init_std^2) instead of zeros (paper)
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
         seen["clusters"] = clusters.clone()
         params = {k: v.clone() for k, v in init_params.items()}
         return ({"params": params, "opt": server_opt.init(params)},
-                {ROUTER: initial_logits(clusters, num, optimal_router, dtype)})
+                {ROUTER: initial_logits(clusters, num, optimal_router, dtype, gen, rc.init_std)})
 
     def broadcast(server):
         return dict(server["params"])

@@ -27,8 +27,10 @@ class RouterOptions:
     router_temperature: float = 1.0
     router_entropy: float = 0.0  # loss - router_entropy * H(pi); > 0 favours uniform pi
     optimal_router: bool = False
+    router_init_std: float = 0.0  # ours: random initial router logits N(0, std^2); paper: 0 (uniform pi)
 
     def check(self, s: str) -> None:
+        require(self.router_init_std >= 0, f"{s}.router_init_std", "a number >= 0", self.router_init_std)
         require(self.num_components is None or self.num_components >= 1, f"{s}.num_components",
                 "none or an integer >= 1", self.num_components)
         require(self.router_lr >= 0, f"{s}.router_lr", "a number >= 0", self.router_lr)
@@ -37,7 +39,8 @@ class RouterOptions:
         require(self.router_temperature > 0, f"{s}.router_temperature", "a number > 0", self.router_temperature)
 
     def router(self) -> RouterConfig:
-        return RouterConfig(self.router_noise, self.router_floor, self.router_temperature, self.router_entropy)
+        return RouterConfig(self.router_noise, self.router_floor, self.router_temperature, self.router_entropy,
+                            self.router_init_std)
 
 
 @dataclass(frozen=True)

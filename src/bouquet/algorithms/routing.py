@@ -23,10 +23,14 @@ MIXTURE_WEIGHT = "mixture_weight"
 ORACLE_OFF = -1e4
 
 
-def initial_logits(clusters: Tensor, num_components: int, optimal: bool, dtype: torch.dtype) -> Tensor:
-    """Router logits [N, C] of every client: zeros (uniform pi), or the true cluster's one-hot (oracle)."""
+def initial_logits(clusters: Tensor, num_components: int, optimal: bool, dtype: torch.dtype,
+                   gen: torch.Generator | None = None, init_std: float = 0.0) -> Tensor:
+    """Router logits [N, C] of every client: zeros (uniform pi, the paper), N(0, init_std^2) (ours: breaks
+    the symmetry between components), or the true cluster's one-hot (oracle)."""
     n = len(clusters)
     if not optimal:
+        if init_std > 0:
+            return (torch.randn(n, num_components, generator=gen, dtype=torch.float64) * init_std).to(dtype)
         return torch.zeros(n, num_components, dtype=dtype)
     logits = torch.full((n, num_components), ORACLE_OFF, dtype=dtype)
     logits[torch.arange(n), clusters.long() % num_components] = 0.0
