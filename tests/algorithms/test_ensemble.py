@@ -27,10 +27,10 @@ def test_learns_recovers_clusters_and_never_uploads_router():
     data = _data()
     torch.manual_seed(0)
     alg = ensemble(nn.Linear(10, 3), data.task, 2, lr=0.1, router_lr=0.1)
-    sim = Simulator(alg, data, RunSpec(rounds=200, clients_per_round=10, batch_size=4))
+    sim = Simulator(alg, data, RunSpec(rounds=150, clients_per_round=10, batch_size=4))
     state = sim.init_state()
     start = sim.evaluate(state)["mean"]
-    for _ in range(200):
+    for _ in range(150):
         state, _ = sim.run_round(state)
     assert sim.evaluate(state)["mean"] < 0.05 < start
     assert alg.hparams["report"](state.server, state.clients)["router_ari"] == 1.0

@@ -1,0 +1,72 @@
+"""Tables for RESULTS.md from the grid's run directories (benchmarks/floral/out/<task>/<algorithm>/seed<k>/).
+
+Per (task, algorithm): last-round score mean (std) over the seeds found, parameter overhead, MB per
+round, router ARI (argmax router vs true cluster; IFCA: its cluster choice) and mean wall time.
+
+    python benchmarks/floral/report.py [--tasks synthetic_linear,mnist5k_rotate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "out"
+ORDER = ["fedavg", "local_adaptor", "ifca", "ensemble", "ensemble_opt", "floral", "floral_opt", "floral_10",
+         "floral_10_opt", "floral_paper"]
+LABEL = {"fedavg": "FedAvg", "local_adaptor": "Local Adaptor", "ifca": "IFCA", "ensemble": "Ensemble",
+         "ensemble_opt": "Ensemble (optimal router)", "floral": "FLoRAL 1%", "floral_opt": "FLoRAL 1% (optimal router)",
+         "floral_10": "FLoRAL 10%", "floral_10_opt": "FLoRAL 10% (optimal router)",
+         "floral_paper": "FLoRAL 1%, paper preset"}
+
+
+def load(task: str, algorithm: str) -> list[dict]:
+    runs = []
+    for seed_dir in sorted((OUT / task / algorithm).glob("seed*")):
+        f = seed_dir / "summary.json"
+        if f.exists():
+            runs.extend(json.loads(f.read_text())["algorithms"][algorithm]["per_seed"])
+    return runs
+
+
+def fmt(values: list[float], scale: float, digits: int) -> str:
+    m = statistics.fmean(values) * scale
+    s = statistics.pstdev(values) * scale if len(values) > 1 else 0.0
+    return f"{m:.{digits}f} ({s:.{digits}f})"
+
+
+def table(task: str) -> str:
+    rows = []
+    for alg in ORDER:
+        runs = load(task, alg)
+        if not runs:
+            continue
+        metric = runs[0]["metric"]
+        scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
+        aris = [r["extra"]["router_ari"] for r in runs if "router_ari" in r.get("extra", {})]
+        p = runs[0]["params"]
+        rows.append("| {} | {} | {} | {} | {:+.1f}% | {:.3f} | {} | {:.0f} |".format(
+            LABEL[alg], fmt([r["last"]["mean"] for r in runs], scale, digits), len(runs),
+            ", ".join(str(r["seed"]) for r in runs), 100 * p["overhead"], runs[0]["mb_per_round"],
+            fmt(aris, 1.0, 2) if aris else "-", statistics.fmean(r["wall_seconds"] for r in runs)))
+    if not rows:
+        return ""
+    metric = "test MSE" if load(task, "fedavg") and load(task, "fedavg")[0]["metric"] == "mse" else "accuracy %"
+    head = (f"### {task}\n\n| method | {metric}, mean (std) | seeds | which | param overhead | MB/round | "
+            "router ARI | s/run |\n|---|---|---|---|---|---|---|---|")
+    return head + "\n" + "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tasks", default=None)
+    args = p.parse_args(argv)
+    tasks = args.tasks.split(",") if args.tasks else sorted(d.name for d in OUT.iterdir() if d.is_dir())
+    print("\n".join(t for t in (table(task) for task in tasks) if t))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
