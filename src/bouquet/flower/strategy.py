@@ -257,6 +257,7 @@ class BouquetStrategy(Strategy):
         if not self.node_of:
             self.discover(grid)
         for rnd in range(1, task.exp.run.rounds + 1):
+            start = time.perf_counter()
             arrays = to_record(task.alg.broadcast(self.state.server))
             msgs = list(self.configure_train(rnd, arrays, ConfigRecord({}), grid))
             self.aggregate_train(rnd, grid.send_and_receive(msgs, timeout=timeout))
@@ -267,6 +268,7 @@ class BouquetStrategy(Strategy):
                 self.aggregate_evaluate(rnd, grid.send_and_receive(msgs, timeout=timeout))
                 if self._last_eval is not None:
                     rec["eval"] = {"metric": metric, **self._last_eval}
+            rec["seconds"] = time.perf_counter() - start  # wall time of the round (training + evaluation)
             self.records[-1] = rec
             if on_round:
                 on_round(rec)

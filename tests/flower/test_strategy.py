@@ -1,0 +1,133 @@
+"""BouquetStrategy + ClientApp over an in-process Grid: equivalence with the local engine, privacy,
+rejection of bad replies, failed nodes and the minimum number of replies (fast; no processes)."""
+
+import math
+import tomllib
+
+import pytest
+import torch
+from conftest import SMALL, LoopbackGrid
+from flwr.app import MessageType
+
+from bouquet.algorithms import ALGORITHMS
+from bouquet.config import parse_experiment, with_run
+from bouquet.data import build_dataset
+from bouquet.flower.clientapp import app as client_app
+from bouquet.flower.records import add_client, from_record, to_record
+from bouquet.flower.strategy import BouquetStrategy, NodeDiscoveryError
+from bouquet.flower.task import load_task, settings
+from bouquet.runner import _data_for_seed, run_one
+
+FLORAL = "floral" if "floral" in ALGORITHMS else "local_adaptor"
+
+
+def run_flower(algorithm: str, num_nodes: int = 3, **grid_options):
+    rc = {"experiment": SMALL, "algorithm": algorithm, "seed": 0, "min-replies": grid_options.pop("min_replies", 1)}
+    task = load_task(rc)
+    grid = LoopbackGrid(client_app, rc, num_nodes, **grid_options)
+    strategy = BouquetStrategy(task, settings(rc))
+    return strategy, strategy.run_rounds(grid), grid
+
+
+def run_local(algorithm: str):
+    exp = parse_experiment(tomllib.loads(SMALL))
+    data = build_dataset(_data_for_seed(exp, 0))
+    return run_one(with_run(exp, seeds=[0]), data, algorithm, 0)[1]
+
+
+@pytest.mark.parametrize("algorithm", ["fedavg", "local", FLORAL, "fedavg_ft"])
+def test_same_metrics_as_local_sequential_engine(algorithm):
+    _, flower, _ = run_flower(algorithm)
+    local = run_local(algorithm)
+    assert len(flower) == len(local) == 3
+    for f, lo in zip(flower, local, strict=True):
+        assert f["clients"] == lo["clients"]
+        assert f["train_loss"] == pytest.approx(lo["train_loss"], abs=1e-4)
+        assert f["client_train_loss"] == pytest.approx(lo["client_train_loss"], abs=1e-4)
+        for key in ("mean", "std", "loss"):
+            assert f["eval"][key] == pytest.approx(lo["eval"][key], abs=1e-4)
+        assert f["eval"]["per_client"] == pytest.approx(lo["eval"]["per_client"], abs=1e-4)
+        assert f["bytes_total"] == lo["bytes_total"]
+        assert "failed" not in f and "rejected" not in f
+
+
+def test_private_state_stays_on_the_nodes():
+    strategy, _, grid = run_flower(FLORAL)
+    prefixes = strategy.task.alg.private_keys
+    assert prefixes
+    arrays = [k for k in strategy.received_keys if not k.startswith("metrics:")]
+    assert arrays, "the server received no upload at all"
+    assert not [k for k in strategy.received_keys for p in prefixes if k.split(":")[-1].startswith(p)]
+    # ... while each node keeps its clients' private entries in Context.state, one slice per client
+    node0 = grid.contexts[100].state
+    assert {"c0", "c3"} <= set(node0.keys())
+    assert any(k.startswith(prefixes) for k in from_record(node0["c0"]))
+
+
+def _corrupt(reply):
+    """NaN for the first client of a reply, a wrong shape for the second, a missing key for the third."""
+    if reply.metadata.message_type != MessageType.TRAIN or reply.has_error():
+        return
+    ups = from_record(reply.content["arrays"])
+    cids = sorted({int(k.split("/")[0][1:]) for k in ups})
+    for i, cid in enumerate(cids[:3]):
+        keys = sorted(k for k in ups if k.startswith(f"c{cid}/"))
+        if i == 0:
+            ups[keys[0]] = torch.full_like(ups[keys[0]], math.nan)
+        elif i == 1:
+            ups[keys[0]] = torch.zeros(7)
+    reply.content["arrays"] = to_record(ups)
+
+
+def test_bad_replies_are_rejected_never_aggregated():
+    strategy, records, _ = run_flower("fedavg", num_nodes=1, tamper=_corrupt)
+    for rec in records:
+        assert len(rec["rejected"]) == 2
+        reasons = list(rec["rejected_reasons"].values())
+        assert any("NaN" in r for r in reasons) and any("shape" in r for r in reasons)
+    params = strategy.state.server["params"]
+    assert all(bool(torch.isfinite(v).all()) for v in params.values())
+
+
+def test_missing_and_unexpected_keys_are_rejected():
+    def tamper(reply):  # first client: one key dropped; second client: a router entry added
+        if reply.metadata.message_type != MessageType.TRAIN:
+            return
+        ups = from_record(reply.content["arrays"])
+        cids = sorted({int(k.split("/")[0][1:]) for k in ups})
+        del ups[sorted(k for k in ups if k.startswith(f"c{cids[0]}/"))[0]]
+        ups.update(add_client({"router.logits": torch.zeros(2)}, cids[1]))
+        reply.content["arrays"] = to_record(ups)
+
+    _, records, _ = run_flower("fedavg", num_nodes=1, tamper=tamper)
+    reasons = sorted(records[0]["rejected_reasons"].values())
+    assert len(reasons) == 2
+    assert reasons[0].startswith("missing keys") and reasons[1].startswith("unexpected keys")
+
+
+def test_failed_node_is_counted_and_the_round_continues():
+    def fail(node, msg):
+        cfg = msg.content["config"]
+        return node == 101 and "server-round" in cfg and cfg["server-round"] == 2
+
+    _, records, _ = run_flower("fedavg", fail=fail)
+    failed = records[1]["failed"]
+    assert failed and all(c % 3 == 1 for c in failed)  # clients of partition 1
+    assert records[1]["eval"]["missing"] == [1, 4]
+    assert math.isfinite(records[1]["train_loss"]) and "failed" not in records[2]
+
+
+def test_too_few_replies_skip_the_round_and_keep_the_server_state():
+    strategy, records, _ = run_flower("fedavg", min_replies=5)  # 4 clients per round < 5
+    assert all(r.get("skipped") for r in records)
+    init = load_task({"experiment": SMALL, "algorithm": "fedavg", "seed": 0})
+    fresh = BouquetStrategy(init, settings({}))
+    for k, v in fresh.state.server["params"].items():
+        assert torch.equal(strategy.state.server["params"][k], v)
+
+
+def test_discovery_fails_when_a_partition_has_no_node():
+    rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "node-wait": 1.0}
+    grid = LoopbackGrid(client_app, rc, 3, fail=lambda node, msg: node == 102)
+    with pytest.raises(NodeDiscoveryError, match="partitions"):
+        BouquetStrategy(load_task(rc), settings(rc)).discover(grid)
