@@ -236,7 +236,12 @@ def _parse_model(values: Any) -> ModelConfig:
             raise ConfigError(f"model.{key}: unknown option for model {name!r}; expected one of {allowed}")
         default = params[key].default
         if default is not inspect.Parameter.empty and default is not None:
-            _coerce(v, type(default), f"model.{key}")
+            v = _coerce(v, type(default), f"model.{key}")
+            # Integer model options are widths or counts; float ones are rates (dropout).
+            if isinstance(default, int) and not isinstance(default, bool):
+                require(v >= 1, f"model.{key}", "an integer >= 1", v)
+            elif isinstance(default, float):
+                require(0 <= v < 1, f"model.{key}", "a number in [0, 1)", v)
     return ModelConfig(name, options)
 
 
