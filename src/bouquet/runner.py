@@ -38,9 +38,17 @@ def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: in
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
+    # Builders raise ValueError for option values that cannot work with this data or model (an adapter
+    # target matching no layer, an image model on vectors): user errors, reported like config errors.
+    try:
+        model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
+    except ValueError as err:
+        raise ConfigError(f"model.name: {exp.model.name!r} cannot be built for {data.name!r}: {err}") from None
     base = sum(p.numel() for p in model.parameters())
-    alg = ALGORITHMS[name].build(model, data, exp, exp.algo[name])
+    try:
+        alg = ALGORITHMS[name].build(model, data, exp, exp.algo[name])
+    except ValueError as err:
+        raise ConfigError(f"algo.{name}: {err}") from None
     return alg, base
 
 
