@@ -214,10 +214,11 @@ class Experiment:
     server: ServerConfig
     algo: dict[str, Any]  # algorithm name -> its validated options dataclass
     robust: RobustConfig = field(default_factory=RobustConfig)
+    pretrain: Any = None  # bouquet.pretrain.PretrainConfig from an optional [pretrain] table
     raw: dict = field(default_factory=dict, compare=False)
 
 
-TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo", "robust")
+TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo", "robust", "pretrain")
 
 
 def _parse_model(values: Any) -> ModelConfig:
@@ -243,6 +244,14 @@ def _parse_model(values: Any) -> ModelConfig:
             elif isinstance(default, float):
                 require(0 <= v < 1, f"model.{key}", "a number in [0, 1)", v)
     return ModelConfig(name, options)
+
+
+def _parse_pretrain(raw: dict) -> Any:
+    if "pretrain" not in raw:
+        return None
+    from .pretrain import PretrainConfig
+
+    return parse_section(PretrainConfig, raw["pretrain"], "pretrain")
 
 
 def parse_experiment(raw: dict) -> Experiment:
@@ -283,6 +292,7 @@ def parse_experiment(raw: dict) -> Experiment:
         server=parse_section(ServerConfig, raw.get("server", {}), "server"),
         algo=algo,
         robust=parse_section(RobustConfig, raw.get("robust", {}), "robust"),
+        pretrain=_parse_pretrain(raw),
         raw=raw,
     )
     require(exp.run.clients_per_round <= exp.data.num_clients, "run.clients_per_round",
@@ -357,7 +367,8 @@ def resolved_dict(exp: Experiment) -> dict:
         return obj
 
     model = {"name": exp.model.name, **exp.model.options}
-    return {
+    extra = {"pretrain": plain(exp.pretrain)} if exp.pretrain is not None else {}
+    return {**extra,
         "name": exp.name, "algorithms": list(exp.algorithms), "data": plain(exp.data), "model": model,
         "run": plain(exp.run), "train": plain(exp.train), "server": plain(exp.server),
         "robust": plain(exp.robust), "algo": {n: plain(exp.algo[n]) for n in exp.algorithms if plain(exp.algo[n])},

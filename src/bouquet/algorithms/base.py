@@ -74,6 +74,8 @@ class Algorithm:
     private_keys: tuple[str, ...] = ()
     finetune_filter: Callable[[str], bool] | None = None
     hparams: dict = field(default_factory=dict)
+    # True: engines pass the round's batches to client_final as a 5th argument (Potara's Fisher traces).
+    final_batches: bool = False
 
     def apply(self, params: Params, x: Tensor) -> Tensor:
         """Run the model with the given parameters (``functional_call`` on the template)."""

@@ -121,12 +121,15 @@ class Simulator:
             trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
                 payload, private, batches)
             trained, losses = train_vectorized(alg.loss, alg.optimizer, trainable, payload, private, batches)
-            uploads, new_private = vmap(alg.client_final, in_dims=(0, None, 0, 0))(trained, payload, private, n)
+            extra = (batches,) if alg.final_batches else ()
+            uploads, new_private = vmap(alg.client_final, in_dims=(0, None, 0, 0) + (0,) * len(extra))(
+                trained, payload, private, n, *extra)
         else:
             trainable = _stack([alg.client_init(payload, _row(private, k), _row(batches, k))
                                 for k in range(len(ids))])
             trained, losses = train_sequential(alg.loss, alg.optimizer, trainable, payload, private, batches)
-            outs = [alg.client_final(_row(trained, k), payload, _row(private, k), n[k]) for k in range(len(ids))]
+            outs = [alg.client_final(_row(trained, k), payload, _row(private, k), n[k],
+                                     *((_row(batches, k),) if alg.final_batches else ())) for k in range(len(ids))]
             uploads, new_private = _stack([o[0] for o in outs]), _stack([o[1] for o in outs])
         check_private(alg, uploads)
         uploads, accepted, report = guard_uploads(uploads, losses, payload, ids, spec.robust, self.data.num_clients,

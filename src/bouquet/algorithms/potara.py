@@ -1,0 +1,161 @@
+"""Potara: per client, a federated LoRA (short FedIT phase) and a local LoRA merged in delta-W space.
+
+Round schedule (``R_f`` = ``federated_rounds``; rounds are counted by the server)::
+
+    rounds 1..R_f     payload = theta_F (A, B): FedIT; with local_init="W0" the local LoRA trains too
+    round R_f + 1     payload = "final.*": the last federated model, downloaded once, nothing uploaded
+    later rounds      no communication: the local LoRA trains alone
+
+Every client keeps its local LoRA (private), a copy of the last federated model it received and the
+trace estimates of both, refreshed in ``client_final`` on a few of the round's batches (the engine
+passes them because ``final_batches=True``). ``personalize`` merges exactly in delta-W space,
+W0 + lambda dW_F + (1 - lambda) dW_L, with lambda = tr_L / (bias + tr_F + tr_L) per client or layer.
+Which parts are reconstructions is said in docs/potara.md.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ..merging.closed_form import (
+    bias_from_distance,
+    lora_layers,
+    merge_delta_w,
+    mixing_weight,
+    squared_distance,
+)
+from ..merging.estimators import (
+    ESTIMATORS,
+    client_spread,
+    diagonal_fisher,
+    iterate_trace,
+    laplace_trace,
+    sgd_trace,
+    update_moments,
+)
+from .base import Params, add_prefix, prefixed, stack_for_clients, task_loss, weighted_mean
+from .lora_fed import LoraAlgorithm, _build
+from .server_opt import ServerOptimizer, server_sgd
+
+FED, LOCAL, FINAL, COPY = "fed.", "local.", "final.", "fedcopy."
+M1, M2 = "m1.", "m2."
+TRACE_F, TRACE_L, DIST2, COUNT = "trace.fed", "trace.local", "trace.dist2", "trace.count"
+LOCAL_INITS = ("W0", "federated")
+GRANULARITIES = ("client", "layer")
+
+
+def potara(template: nn.Module, init: Params, task: str, *, lr: float, federated_rounds: int,
+           total_examples: int, estimator: str = "sgd_fisher", granularity: str = "client",
+           bias_term: bool = True, local_init: str = "W0", damping: float = 1e-4, fisher_steps: int = 2,
+           weighted: bool = True,
+           window: int = 5, weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> LoraAlgorithm:
+    """Build Potara over a LoRA template (see ``lora_fed.lora_model``) with the reconstruction's switches."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
+    if granularity not in GRANULARITIES or local_init not in LOCAL_INITS:
+        raise ValueError(f"granularity/local_init: expected {GRANULARITIES}/{LOCAL_INITS}, "
+                         f"got {granularity!r}/{local_init!r}")
+    server_opt = server_opt or server_sgd(1.0)
+    layers = lora_layers(init) if granularity == "layer" else None
+    width = () if layers is None else (len(layers),)
+
+    def init_fn(gen, clusters):
+        n = len(clusters)
+        params = {k: v.clone() for k, v in init.items()}
+        states = {**add_prefix(stack_for_clients(init, n), LOCAL), **add_prefix(stack_for_clients(init, n), COPY)}
+        states.update(add_prefix(stack_for_clients(init, n), M1))
+        states.update(add_prefix(stack_for_clients({k: v * v for k, v in init.items()}, n), M2))
+        for key in (TRACE_F, TRACE_L, DIST2):
+            states[key] = torch.zeros(n, *width)
+        states[COUNT] = torch.zeros(n)
+        server = {"params": params, "opt": server_opt.init(params), "round": torch.zeros((), dtype=torch.long),
+                  TRACE_F: torch.zeros(width)}
+        return server, states
+
+    def broadcast(server):
+        r = int(server["round"])
+        if r < federated_rounds:
+            return dict(server["params"])
+        return add_prefix(server["params"], FINAL) if r == federated_rounds else {}
+
+    def client_init(payload, client_state, batches):
+        local = prefixed(client_state, LOCAL)
+        final = prefixed(payload, FINAL)
+        if final and local_init == "federated":
+            local = dict(final)  # the local phase starts from the final federated model
+        out = {} if final else {k: v for k, v in payload.items()}
+        if payload and not final and local_init == "federated":
+            return add_prefix(out, FED)  # local training waits for the final federated model
+        return {**add_prefix(out, FED), **add_prefix(local, LOCAL)}
+
+    def loss(trainable, payload, client_state, batch):
+        value = torch.zeros((), dtype=batch["x"].dtype)
+        for prefix in (FED, LOCAL):
+            part = prefixed(trainable, prefix)
+            if part:
+                value = value + task_loss(alg.apply(part, batch["x"]), batch["y"], batch["w"], task)
+        return value
+
+    def loglik(params, x, y):
+        return -task_loss(alg.apply(params, x), y, torch.ones(x.shape[0], dtype=x.dtype), task)
+
+    def client_final(trainable, payload, client_state, num_examples, batches):
+        upload = prefixed(trainable, FED)
+        local = prefixed(trainable, LOCAL) or prefixed(client_state, LOCAL)
+        received = prefixed(payload, FINAL) or (dict(payload) if payload else prefixed(client_state, COPY))
+        state = {**add_prefix(local, LOCAL), **add_prefix(received, COPY)}
+        count = client_state[COUNT]
+        first, second = update_moments(prefixed(client_state, M1), prefixed(client_state, M2), local, count, window)
+        state.update(add_prefix(first, M1))
+        state.update(add_prefix(second, M2))
+        state[COUNT] = count + 1
+        tr_f, tr_l, metric = _traces(received, local, first, second, num_examples, batches)
+        state[TRACE_F], state[TRACE_L] = tr_f, tr_l
+        state[DIST2] = squared_distance(received, local, layers, metric)
+        return upload, state
+
+    def _traces(fed: Params, local: Params, first: Params, second: Params, n: Tensor,
+                batches: dict) -> tuple[Tensor, Tensor, Params | None]:
+        """(tr_F, tr_L, the metric of the bias distance: the local Fisher, or None for Euclidean)."""
+        if estimator == "dispersion":  # tr_F comes from the server's across-client spread
+            return next(iter(local.values())).new_zeros(width), iterate_trace(first, second, layers), None
+        steps = min(fisher_steps, batches["w"].shape[0])
+        x = batches["x"][:steps].reshape(-1, *batches["x"].shape[2:])
+        y = batches["y"][:steps].reshape(-1, *batches["y"].shape[2:])
+        w = batches["w"][:steps].reshape(-1)
+        f_fed, f_loc = diagonal_fisher(loglik, fed, x, y, w), diagonal_fisher(loglik, local, x, y, w)
+        n = n.to(x.dtype)
+        if estimator == "laplace_fisher":
+            return (laplace_trace(f_fed, float(total_examples), damping, layers, weighted),
+                    laplace_trace(f_loc, n, damping, layers, weighted), f_loc if weighted else None)
+        batch = batches["w"].shape[-1]
+        return (sgd_trace(f_fed, lr, batch, layers, scale=n / total_examples),
+                sgd_trace(f_loc, lr, batch, layers), f_loc)
+
+    def aggregate(server, uploads, num_examples):
+        server = {**server, "round": server["round"] + 1}
+        if not uploads:
+            return server
+        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
+        params, opt = server_opt.update(server["params"], avg, server["opt"])
+        return {**server, "params": params, "opt": opt, TRACE_F: client_spread(uploads, num_examples, layers)}
+
+    def weight(server, client_state) -> Tensor:
+        """lambda of one client (scalar, or one per layer) from its stored traces."""
+        tr_l = client_state[TRACE_L]
+        tr_f = server[TRACE_F].to(tr_l.dtype) if estimator == "dispersion" else client_state[TRACE_F]
+        bias = bias_from_distance(client_state[DIST2], tr_f, tr_l) if bias_term else 0.0
+        return mixing_weight(tr_l, tr_f, bias)
+
+    def merged(server, client_state, lam: Tensor) -> Params:
+        return merge_delta_w(server["params"], prefixed(client_state, LOCAL), lam)
+
+    def personalize(server, client_state):
+        return merged(server, client_state, weight(server, client_state))
+
+    alg = _build("potara", template, task, lr, weight_decay, init=init_fn, broadcast=broadcast,
+                 client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                 personalize=personalize, private_keys=(LOCAL, COPY, M1, M2, "trace."), final_batches=True)
+    alg.hparams.update(merge=merged, mixing_weight=weight, layers=layers)
+    return alg

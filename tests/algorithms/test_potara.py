@@ -1,0 +1,133 @@
+"""Potara: communication schedule, exact delta-W personalization, engines agree, switches, oracle helpers."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch.func import vmap
+
+from bouquet.config import ConfigError, parse_experiment
+from bouquet.data import build_dataset
+from bouquet.engine.simulator import Simulator
+from bouquet.merging.closed_form import merge_delta_w
+from bouquet.merging.oracle import GRID, carve_validation, closed_form_lambdas, lambda_scores, oracle_lambdas
+from bouquet.runner import build_algorithm, run_spec
+
+RAW = {
+    "name": "potara",
+    "data": {"name": "digits", "num_clients": 4, "num_clusters": 2, "shift": "label_shift", "seed": 0,
+             "train_per_client": 32, "test_per_client": 40},
+    "model": {"name": "mlp", "hidden": 16},
+    "run": {"rounds": 4, "clients_per_round": 4, "batch_size": 16, "eval_every": 4},
+    "train": {"lr": 0.1},
+    "algo": {"potara": {"rank": 2, "federated_rounds": 2}},
+}
+
+
+def _exp(**potara):
+    raw = {**RAW, "algo": {"potara": {**RAW["algo"]["potara"], **potara}}}
+    return parse_experiment(raw)
+
+
+def _run(exp, data, rounds=4, vectorized=True):
+    alg, _ = build_algorithm(exp, data, "potara", 0)
+    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    state = sim.init_state()
+    records = []
+    for _ in range(rounds):
+        state, rec = sim.run_round(state)
+        records.append(rec)
+    return alg, sim, state, records
+
+
+@pytest.fixture(scope="module")
+def data():
+    return build_dataset(_exp().data)
+
+
+def test_schedule_federated_rounds_then_one_download_then_silence(data):
+    alg, _, state, records = _run(_exp(), data)
+    lora_bytes = sum(v.numel() * 4 for v in state.server["params"].values())
+    assert [r["bytes_up"] for r in records] == [4 * lora_bytes, 4 * lora_bytes, 0, 0]
+    assert [r["bytes_down"] for r in records] == [4 * lora_bytes, 4 * lora_bytes, 4 * lora_bytes, 0]
+    # every client holds the final federated model after the download round
+    for k, v in state.server["params"].items():
+        assert torch.allclose(state.clients["fedcopy." + k], v.expand_as(state.clients["fedcopy." + k]))
+
+
+def test_personalize_is_the_delta_w_merge_with_the_closed_form_lambda(data):
+    alg, sim, state, _ = _run(_exp(), data)
+    lam = closed_form_lambdas(alg, state.server, state.clients)
+    assert lam.shape == (4,) and bool(((lam >= 0) & (lam <= 1)).all())
+    personal = vmap(lambda cs: alg.personalize(state.server, cs))(state.clients)
+    local = {k.removeprefix("local."): v for k, v in state.clients.items() if k.startswith("local.")}
+    for c in range(4):
+        expect = merge_delta_w(state.server["params"], {k: v[c] for k, v in local.items()}, lam[c])
+        for k, v in expect.items():
+            assert torch.allclose(personal[k][c], v, atol=1e-6)
+    # lambda = 1 is the federated model's output, lambda = 0 the local model's
+    x = sim.test.x[:5]
+    cs0 = {k: v[0] for k, v in state.clients.items()}
+    out1 = alg.apply(alg.hparams["merge"](state.server, cs0, torch.tensor(1.0)), x)
+    assert torch.allclose(out1, alg.apply(state.server["params"], x), atol=1e-5)
+    out0 = alg.apply(alg.hparams["merge"](state.server, cs0, torch.tensor(0.0)), x)
+    assert torch.allclose(out0, alg.apply({k: v[0] for k, v in local.items()}, x), atol=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["laplace_fisher", "sgd_fisher", "dispersion"])
+def test_vectorized_and_sequential_engines_agree(data, estimator):
+    exp = _exp(estimator=estimator)
+    _, sim_v, st_v, _ = _run(exp, data, rounds=3)
+    _, sim_s, st_s, _ = _run(exp, data, rounds=3, vectorized=False)
+    for k, v in st_v.clients.items():
+        assert torch.allclose(v, st_s.clients[k], rtol=1e-3, atol=1e-5), k
+    assert sim_v.evaluate(st_v)["mean"] == pytest.approx(sim_s.evaluate(st_s)["mean"], abs=1e-6)
+
+
+def test_layer_granularity_and_federated_local_init(data):
+    alg, _, state, _ = _run(_exp(granularity="layer", local_init="federated"), data, rounds=3)
+    lam = closed_form_lambdas(alg, state.server, state.clients)
+    assert lam.shape == (4, 2)  # two LoRA layers
+    # the local LoRA started from the final federated model in round 3 and trained one round from there
+    for k, v in state.server["params"].items():
+        moved = (state.clients["local." + k] - v).abs().max()
+        assert 0 < float(moved) < float(v.abs().max() + 1)
+
+
+def test_bias_term_lowers_lambda(data):
+    with_bias = _run(_exp(bias_term=True), data)
+    without = _run(_exp(bias_term=False), data)
+    lam_b = closed_form_lambdas(with_bias[0], with_bias[2].server, with_bias[2].clients)
+    lam_n = closed_form_lambdas(without[0], without[2].server, without[2].clients)
+    assert bool((lam_b <= lam_n + 1e-6).all())
+
+
+def test_oracle_on_a_validation_split_from_train_rows(data):
+    train, val = carve_validation(data, 0.25, seed=0)
+    for c_full, c_train in zip(data.clients, train.clients, strict=True):
+        assert c_train.num_train == 24 and torch.equal(c_train.x_test, c_full.x_test)
+    assert val.sizes.tolist() == [8] * 4
+    for k, c in enumerate(data.clients):  # validation rows are training rows the client no longer trains on
+        rows = val.x[int(val.offsets[k]):int(val.offsets[k]) + 8]
+        assert all(any(torch.equal(r, t) for t in c.x_train) for r in rows)
+        assert not any(any(torch.equal(r, t) for t in train.clients[k].x_train) for r in rows[:2])
+    alg, _, state, _ = _run(_exp(), train)
+    scores = lambda_scores(alg, state.server, state.clients, val)
+    assert scores.shape == (4, len(GRID))
+    best = oracle_lambdas(scores)
+    picked = scores.gather(1, (best / 0.05).round().long()[:, None]).squeeze(1)
+    assert torch.allclose(picked.double(), scores.max(1).values.double())
+
+
+def test_oracle_tie_break_prefers_merging():
+    scores = torch.tensor([[1.0] * 21, [0.0] * 20 + [1.0]])
+    assert oracle_lambdas(scores).tolist() == [0.5, 1.0]
+
+
+def test_options_are_validated():
+    with pytest.raises(ConfigError, match="algo.potara.estimator"):
+        _exp(estimator="magic")
+    with pytest.raises(ConfigError, match="algo.potara.local_init"):
+        _exp(local_init="random")
+    with pytest.raises(ConfigError, match="algo.potara.federated_rounds"):
+        _exp(federated_rounds=0)
