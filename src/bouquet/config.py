@@ -6,6 +6,7 @@ unknown keys, wrong types and out-of-range values are all errors, never silently
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import tomllib
@@ -70,11 +71,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_describe(tp)}, got {value!r}")
 
 
+@functools.cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    # get_type_hints evaluates string annotations on every call: slow enough to matter for ~25 sections.
+    return typing.get_type_hints(cls)
+
+
 def parse_section(cls: type, values: Any, section: str):
     """Build dataclass ``cls`` from a mapping, strictly: unknown keys, wrong types, missing required."""
     if not isinstance(values, dict):
         raise ConfigError(f"{section}: expected a table of options, got {values!r}")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     known = {f.name: f for f in fields(cls)}
     for key in values:
         if key not in known:
@@ -226,7 +233,7 @@ def _parse_model(values: Any) -> ModelConfig:
 
     if not isinstance(values, dict) or "name" not in values:
         raise ConfigError("model.name: missing required option")
-    name = values["name"]
+    name = _coerce(values["name"], str, "model.name")
     if name not in MODELS:
         raise ConfigError(f"model.name: expected one of {sorted(MODELS)}, got {name!r}")
     params = inspect.signature(MODELS[name]).parameters
