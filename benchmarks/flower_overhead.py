@@ -8,7 +8,7 @@ round, evaluation every round) three ways, one after the other:
 - Flower deployment runtime: a SuperLink and 3 ``flower-supernode`` processes on 127.0.0.1
 
 Per-round seconds come from the ServerApp's own round timer (``record["seconds"]``, training +
-evaluation), so process start-up is reported apart. Usage::
+evaluation), so process start-up is reported apart; medians leave round 1 (warm-up) out. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flower_overhead.py --rounds 5
 """
@@ -95,11 +95,14 @@ def main() -> None:
     # the three engines compute the same numbers: show the last round's score of each
     print(f"last-round scores: simulation {sim_records[-1]['eval']['mean']:.6f}, "
           f"deployment {dep_records[-1]['eval']['mean']:.6f}")
-    base = statistics.median(rows["local, sequential"][0])
+    def steady(secs: list[float]) -> float:  # round 1 holds one-off warm-up (first calls, actor start)
+        return statistics.median(secs[1:] if len(secs) > 1 else secs)
+
+    base = steady(rows["local, sequential"][0])
     print(f"{'engine':42s} {'median s/round':>15s} {'x local seq':>12s} {'wall s (incl. start-up)':>24s}")
     out = {}
     for name, (secs, wall) in rows.items():
-        med = statistics.median(secs)
+        med = steady(secs)
         out[name] = {"seconds_per_round": secs, "median": med, "wall": wall}
         print(f"{name:42s} {med:15.3f} {med / base:12.1f} {'' if wall is None else f'{wall:.1f}':>24s}")
     print(f"load average at the end: {os.getloadavg()}")

@@ -128,7 +128,7 @@ def test_tls_deployment_through_the_cli(tmp_path):
     """`bouquet run --engine flower --superlink NAME` against a TLS SuperLink (certificates made here)."""
     tls = make_tls(tmp_path / "certs")
     config = tmp_path / "small.toml"
-    config.write_text(SMALL.replace("rounds = 3", "rounds = 2"))
+    config.write_text(SMALL.replace("rounds = 3", "rounds = 1"))
     out = tmp_path / "run"
     with LocalFederation(tmp_path / "fed", num_supernodes=1, tls=tls) as fed:
         cmd = [str(Path(sys.executable).parent / "bouquet"), "run", str(config), "--engine", "flower",
@@ -139,7 +139,7 @@ def test_tls_deployment_through_the_cli(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert_same_metrics(records, local_records(config.read_text(), "fedavg"))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["engine"] == "flower" and summary["algorithms"]["fedavg"]["per_seed"][0]["rounds"] == 2
+    assert summary["engine"] == "flower" and summary["algorithms"]["fedavg"]["per_seed"][0]["rounds"] == 1
 
 
 def test_flwr_run_dot_with_the_simulation_runtime(tmp_path):

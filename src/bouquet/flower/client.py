@@ -17,14 +17,18 @@ from ..engine.training import train_sequential
 from ..engine.validation import check_private
 from .task import Task
 
-_INITIAL: dict[int, dict[str, Tensor]] = {}  # id(task) -> alg.init client states (tasks are cached per process)
+# id(task) -> (task, alg.init client states); the task is kept so that its id cannot be reused
+_INITIAL: dict[int, tuple[Task, dict[str, Tensor]]] = {}
 
 
 def _initial_states(task: Task) -> dict[str, Tensor]:
-    if id(task) not in _INITIAL:
+    entry = _INITIAL.get(id(task))
+    if entry is None or entry[0] is not task:
+        if len(_INITIAL) >= 4:  # tasks are cached per process (task.load_task); keep as few
+            _INITIAL.clear()
         gen = torch.Generator().manual_seed(task.spec.seed)
-        _INITIAL[id(task)] = task.alg.init(gen, task.data.clusters)[1]
-    return _INITIAL[id(task)]
+        entry = _INITIAL[id(task)] = (task, task.alg.init(gen, task.data.clusters)[1])
+    return entry[1]
 
 
 def initial_client_state(task: Task, cid: int) -> dict[str, Tensor]:

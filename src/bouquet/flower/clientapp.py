@@ -7,13 +7,16 @@ under ``c<id>`` and never leaves the node; replies carry only the algorithm's up
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from .client import evaluate_client, initial_client_state, is_finite_update, train_client
-from .records import add_client, from_record, to_record, unflatten_state
-from .task import load_task
+if TYPE_CHECKING:
+    import torch
+
+# torch and bouquet are imported inside the train/evaluate handlers: in the deployment runtime
+# every message starts a fresh process, and the discovery query needs neither.
 
 app = ClientApp()
 
@@ -24,6 +27,9 @@ def _partition(context: Context) -> tuple[int, int]:
 
 
 def _private(context: Context, task, cid: int) -> dict[str, torch.Tensor]:
+    from .client import initial_client_state
+    from .records import from_record
+
     key = f"c{cid}"
     if key in context.state:
         return from_record(context.state[key])
@@ -31,6 +37,8 @@ def _private(context: Context, task, cid: int) -> dict[str, torch.Tensor]:
 
 
 def _store(context: Context, cid: int, private: dict[str, torch.Tensor]) -> None:
+    from .records import to_record
+
     context.state[f"c{cid}"] = to_record(private)
 
 
@@ -45,6 +53,12 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local training of every client named in the message; uploads prefixed ``c<id>/``."""
+    import torch
+
+    from .client import is_finite_update, train_client
+    from .records import add_client, from_record, to_record
+    from .task import load_task
+
     torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
     task = load_task(dict(context.run_config))
     cfg = msg.content["config"]
@@ -70,6 +84,12 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Every named client's personalized model on its own test split."""
+    import torch
+
+    from .client import evaluate_client
+    from .records import from_record, unflatten_state
+    from .task import load_task
+
     torch.set_num_threads(int(context.run_config.get("client-threads", 1)))
     task = load_task(dict(context.run_config))
     cfg = msg.content["config"]
