@@ -13,6 +13,7 @@ layer inside ``MixtureLinear``) through it, without touching the user's model.
 from __future__ import annotations
 
 import torch
+import torch._C._functorch as _functorch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
@@ -33,15 +34,25 @@ class FastLinear(torch.autograd.Function):
         x, weight, bias = inputs
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        # Under vmap every needs_input_grad reads True; the data fed to the first layer needs no gradient,
+        # and skipping it saves a matmul as large as the forward.
+        ctx.input_grad = _may_need_grad(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        grad_x = torch.matmul(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_x = torch.matmul(grad, weight) if ctx.needs_input_grad[0] and ctx.input_grad else None
         g2 = grad.reshape(-1, grad.shape[-1])
         grad_w = torch.matmul(g2.mT, x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
         grad_b = g2.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b
+
+
+def _may_need_grad(t: Tensor) -> bool:
+    """False only for a plain tensor (under any vmap levels) that does not require grad: model input data."""
+    while _functorch.is_batchedtensor(t):
+        t = _functorch.get_unwrapped(t)
+    return _functorch.is_functorch_wrapped_tensor(t) or t.requires_grad
 
 
 class _FastLinearMode(TorchFunctionMode):
