@@ -22,13 +22,14 @@ from bouquet.runner import run_one
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def settings(fraction: float, scale: float, clip_norm: float) -> dict[str, RobustConfig]:
+def settings(fraction: float, scale: float, clip_norm: float | None) -> dict[str, RobustConfig]:
     attack = {"attack": "scale", "attack_fraction": fraction, "attack_scale": scale}
+    fixed = {f"attacked + clip (fixed {clip_norm:g})": RobustConfig(**attack, aggregation="clip", clip_norm=clip_norm)}
     return {
         "clean (no attack)": RobustConfig(),
         "attacked, no defence": RobustConfig(**attack),
         "attacked + clip (median norm)": RobustConfig(**attack, aggregation="clip"),
-        f"attacked + clip (fixed {clip_norm:g})": RobustConfig(**attack, aggregation="clip", clip_norm=clip_norm),
+        **(fixed if clip_norm else {}),
         "attacked + trimmed mean 0.2": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.2),
         "attacked + trimmed mean 0.4": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.4),
         "attacked + coordinate median": RobustConfig(**attack, aggregation="median"),
@@ -44,8 +45,8 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.2)
     p.add_argument("--scale", type=float, default=1e3)
     p.add_argument("--seeds", default="0")
-    p.add_argument("--clip-norm", type=float, default=0.2, help="fixed clipping threshold (honest updates of "
-                   "the default setting have norm about 0.08)")
+    p.add_argument("--clip-norm", type=float, default=None, help="also run clipping at this fixed threshold "
+                   "(pick it from the honest update norms: below them it clips every client and slows training)")
     p.add_argument("--only", default="", help="run only the settings whose label contains this text")
     args = p.parse_args()
     torch.set_num_threads(1)
