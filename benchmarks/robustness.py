@@ -24,12 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings(fraction: float, scale: float, clip_norm: float | None) -> dict[str, RobustConfig]:
     attack = {"attack": "scale", "attack_fraction": fraction, "attack_scale": scale}
-    fixed = {f"attacked + clip (fixed {clip_norm:g})": RobustConfig(**attack, aggregation="clip", clip_norm=clip_norm)}
+    fixed = {f"attacked + clip (fixed {clip_norm:g})": RobustConfig(**attack, aggregation="clip", clip_norm=clip_norm)
+             } if clip_norm else {}
     return {
         "clean (no attack)": RobustConfig(),
         "attacked, no defence": RobustConfig(**attack),
         "attacked + clip (median norm)": RobustConfig(**attack, aggregation="clip"),
-        **(fixed if clip_norm else {}),
+        **fixed,
         "attacked + trimmed mean 0.2": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.2),
         "attacked + trimmed mean 0.4": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.4),
         "attacked + coordinate median": RobustConfig(**attack, aggregation="median"),
