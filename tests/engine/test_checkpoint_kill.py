@@ -16,8 +16,8 @@ from test_checkpoint import assert_same_run
 from bouquet.engine.checkpoint import CheckpointDir
 
 ROOT = Path(__file__).resolve().parents[2]
-ROUNDS = 80
-SETTINGS = [f"run.rounds={ROUNDS}", "run.checkpoint_every=2", "run.eval_every=20", "run.threads=1"]
+ROUNDS = 40
+SETTINGS = [f"run.rounds={ROUNDS}", "run.checkpoint_every=2", "run.eval_every=10", "run.threads=1"]
 TAGS = ["fedavg-seed0", "local-seed0"]
 
 pytestmark = pytest.mark.slow
@@ -51,23 +51,38 @@ def _wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, tag: str, min_ro
     return False
 
 
+class Reference:
+    """The uninterrupted run, started at once and awaited only when needed (it runs beside the first test)."""
+
+    def __init__(self, out: Path):
+        self.out, self.proc = out, _start(out)
+
+    def dir(self) -> Path:
+        if self.proc is not None:
+            rc, err = _finish(self.proc)
+            assert rc == 0, err
+            self.proc = None
+        return self.out
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("uninterrupted") / "run"
-    rc, err = _finish(_start(out))
-    assert rc == 0, err
-    return out
+def reference(tmp_path_factory):
+    ref = Reference(tmp_path_factory.mktemp("uninterrupted") / "run")
+    yield ref
+    if ref.proc is not None and ref.proc.poll() is None:
+        ref.proc.kill()
+        ref.proc.communicate()
 
 
-def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path, reference: Path) -> None:
+def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path, reference: Reference) -> None:
     seed = random.randrange(2**32)
     rng = random.Random(seed)
-    tag, at = rng.choice(TAGS), rng.randrange(2, ROUNDS)
+    tag, at = rng.choice(TAGS), rng.randrange(2, ROUNDS - 10)  # rounds left after the target: the kill lands
     out = tmp_path / "run"
     proc = _start(out)
     reached = _wait_for_checkpoint(proc, out, tag, at)
     if reached:
-        time.sleep(rng.uniform(0, 0.05))  # anywhere in the next rounds, also mid-write
+        time.sleep(rng.uniform(0, 0.01))  # anywhere in the next round or two, also mid-write
         proc.send_signal(signal.SIGKILL)
     rc, err = _finish(proc)
     assert reached and rc == -signal.SIGKILL, f"seed {seed}: process ended before the kill ({rc}): {err}"
@@ -75,15 +90,15 @@ def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path, refe
     rc, err = _finish(_bouquet("--resume", str(out)))
     assert rc == 0, f"seed {seed} ({tag} after round {at}): {err}"
     try:
-        assert_same_run(out, reference)
+        assert_same_run(out, reference.dir())
     except AssertionError as e:
         raise AssertionError(f"seed {seed} ({tag} after round {at}): {e}") from None
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Path) -> None:
+def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Reference) -> None:
     out = tmp_path / "run"
     proc = _start(out)
-    assert _wait_for_checkpoint(proc, out, "fedavg-seed0", 10)
+    assert _wait_for_checkpoint(proc, out, "fedavg-seed0", 6)
     proc.send_signal(signal.SIGINT)
     rc, err = _finish(proc)
     assert rc == 130, err
@@ -92,4 +107,4 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Pat
     assert CheckpointDir(out / "checkpoints").files("fedavg-seed0")[0].name == f"fedavg-seed0-r{stopped:07d}.ckpt"
     rc, err = _finish(_bouquet("--resume", str(out)))
     assert rc == 0, err
-    assert_same_run(out, reference)
+    assert_same_run(out, reference.dir())
