@@ -48,21 +48,31 @@ class PretrainConfig:
         require(self.lr > 0, f"{s}.lr", "a number > 0", self.lr)
 
 
-def public_split(data: FederatedDataset, cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """``cfg.rows`` rows of the source's train pool that no client uses, normalized like the clients' rows."""
+def _source_of(data: FederatedDataset):
     spec = data.meta.get("spec")
     if spec is None or data.meta.get("source") is None:
         raise DataError(f"pretrain: dataset {data.name!r} is not built from an image source; "
                         "a [pretrain] stage needs one (mnist, fashion_mnist, cifar10, cifar100, digits, mnist5k)")
-    src = load_source(spec["name"], spec["path"] if spec["path"] is not None else DEFAULT_PATHS.get(spec["name"]))
+    path = spec["path"] if spec["path"] is not None else DEFAULT_PATHS.get(spec["name"])
+    return spec, load_source(spec["name"], path)
+
+
+def public_rows(data: FederatedDataset, cfg: PretrainConfig) -> torch.Tensor:
+    """Pool ids of ``cfg.rows`` rows of the source's train pool that no client uses (train or test)."""
+    spec, src = _source_of(data)
     used = torch.cat([torch.cat([c.train_ids, c.test_ids]) for c in data.clients]).numpy()
     free = np.setdiff1d(np.arange(src.num_train_pool), used)
     if len(free) < cfg.rows:
         raise DataError(f"pretrain.rows: only {len(free)} rows of {spec['name']} are unused by the clients, "
-                        f"expected at least {cfg.rows}")
+                        f"expected at most that many, got {cfg.rows}")
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, spec["seed"], 11]))
-    ids = torch.from_numpy(np.sort(rng.choice(free, cfg.rows, replace=False)))
-    x, y = src.gather(ids)
+    return torch.from_numpy(np.sort(rng.choice(free, cfg.rows, replace=False)))
+
+
+def public_split(data: FederatedDataset, cfg: PretrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and original labels of ``public_rows``, normalized like the clients' rows."""
+    _, src = _source_of(data)
+    x, y = src.gather(public_rows(data, cfg))
     norm = data.meta.get("normalization")
     if norm is not None:
         x = standardize(x, torch.tensor(norm["mean"]), torch.tensor(norm["std"]))

@@ -11,7 +11,7 @@ import torch
 from bouquet.data.federated import ClientData, DataError, FederatedDataset
 from bouquet.data.partition import dirichlet_partition, dirichlet_proportions, iid_partition, make_rng
 from bouquet.data.sources import ImageSource, load_source
-from bouquet.data.spec import SYNTHETIC, DataSpec
+from bouquet.data.spec import SYNTHETIC, TEXT_DATASETS, DataSpec
 from bouquet.data.synthetic import build_synthetic
 from bouquet.data.transforms import channel_stats, rotate_images, standardize
 
@@ -21,6 +21,11 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
     if spec.name in SYNTHETIC:
         ds = build_synthetic(spec.name, spec.num_clients, spec.num_clusters, spec.seed, spec.test_fraction,
                              spec.train_per_client, spec.test_per_client, spec.fraction, spec.min_train)
+    elif spec.name in TEXT_DATASETS:
+        from bouquet.data.text import build_text_tasks
+
+        ds = build_text_tasks(spec.num_clients, spec.num_clusters, spec.seed, spec.train_per_client,
+                              spec.test_per_client, spec.test_fraction)
     else:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
     ds.meta["spec"] = dataclasses.asdict(spec)

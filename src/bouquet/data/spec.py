@@ -13,7 +13,8 @@ SYNTHETIC = ("synthetic_linear", "synthetic_mlp")
 BUNDLED = ("digits", "mnist5k")  # shipped inside Python packages, no official test split
 IDX_DATASETS = ("mnist", "fashion_mnist")
 CIFAR_DATASETS = ("cifar10", "cifar100")
-DATASETS = SYNTHETIC + BUNDLED + IDX_DATASETS + CIFAR_DATASETS
+TEXT_DATASETS = ("text_tasks",)  # bouquet.data.text: one text task per cluster, MiniLM features
+DATASETS = SYNTHETIC + BUNDLED + IDX_DATASETS + CIFAR_DATASETS + TEXT_DATASETS
 SHIFTS = ("none", "rotate", "label_shift", "cifar100_groups")
 PARTITIONS = ("iid", "dirichlet")
 DEFAULT_PATHS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
@@ -124,12 +125,12 @@ def _validate_combination(s: DataSpec) -> None:
     """Options that depend on the dataset family."""
     if s.path is not None and not isinstance(s.path, str | os.PathLike):
         raise _fail("path", "None or a directory path", s.path)
-    if s.name in SYNTHETIC + BUNDLED and s.path is not None:
+    if s.name in SYNTHETIC + BUNDLED + TEXT_DATASETS and s.path is not None:
         raise _fail("path", f"None ({s.name} needs no files)", s.path)
     if s.name in ("mnist",) + CIFAR_DATASETS and s.path is None:
         raise DataError(f"data.path: expected the directory holding the {s.name} files, got None "
                         f"({s.name} has no default location)")
-    if s.name in SYNTHETIC:
+    if s.name in SYNTHETIC + TEXT_DATASETS:
         if s.shift != "none":
             raise _fail("shift", f"'none' for {s.name} (its clusters come from the task itself)", s.shift)
         if s.normalize:

