@@ -5,7 +5,7 @@ to ``benchmarks/floral/out/walltimes.jsonl``; finished jobs are skipped on re-ru
 ``report.py`` turns the summaries into the RESULTS.md tables.
 
     OMP_NUM_THREADS=1 python benchmarks/floral/grid.py --tasks synthetic_linear,mnist5k_rotate \
-        --algorithms fedavg,floral --seeds 0,1,2 --jobs 2 [--set run.rounds=500]
+        --algorithms fedavg,floral --seeds 0,1,2 --jobs 2 [--set run.rounds=500 --tag short]
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ OUT = HERE / "out"
 BOUQUET = [sys.executable, "-m", "bouquet.cli"]
 
 
-def job_dir(task: str, algorithm: str, seed: int) -> Path:
-    return OUT / task / algorithm / f"seed{seed}"
+def job_dir(task: str, algorithm: str, seed: int, tag: str = "") -> Path:
+    return OUT / task / (f"{algorithm}@{tag}" if tag else algorithm) / f"seed{seed}"
 
 
-def run_job(task: str, algorithm: str, seed: int, overrides: list[str]) -> dict:
+def run_job(task: str, algorithm: str, seed: int, overrides: list[str], tag: str = "") -> dict:
     """One `bouquet run` with a single algorithm and seed; returns its wall time record."""
-    out = job_dir(task, algorithm, seed)
+    out = job_dir(task, algorithm, seed, tag)
     if (out / "summary.json").exists():
         return {"task": task, "algorithm": algorithm, "seed": seed, "skipped": True}
     cmd = [*BOUQUET, "run", str(ROOT / "configs" / "floral" / f"{task}.toml"), "--algorithms", algorithm,
@@ -41,7 +41,7 @@ def run_job(task: str, algorithm: str, seed: int, overrides: list[str]) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    rec = {"task": task, "algorithm": algorithm, "seed": seed, "wall_s": round(time.time() - start, 1),
+    rec = {"task": task, "algorithm": algorithm, "tag": tag, "seed": seed, "wall_s": round(time.time() - start, 1),
            "rc": proc.returncode, "overrides": overrides}
     if proc.returncode:
         rec["stderr"] = proc.stderr[-2000:]
@@ -58,12 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--jobs", type=int, default=2, help="processes at a time (the machine has 2 cores)")
     p.add_argument("--set", action="append", default=[], help="override passed to every run")
+    p.add_argument("--tag", default="", help="variant name: runs go to out/<task>/<algorithm>@<tag>/")
     args = p.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
     jobs = [(t, a, int(s)) for t in args.tasks.split(",") for s in args.seeds.split(",")
             for a in args.algorithms.split(",")]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda j: run_job(*j, args.set), jobs))
+        results = list(pool.map(lambda j: run_job(*j, args.set, args.tag), jobs))
     failed = [r for r in results if r.get("rc")]
     for r in failed:
         print(f"FAILED {r['task']} {r['algorithm']} seed {r['seed']}:\n{r.get('stderr', '')}", file=sys.stderr)

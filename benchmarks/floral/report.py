@@ -22,13 +22,28 @@ LABEL = {"fedavg": "FedAvg", "local_adaptor": "Local Adaptor", "ifca": "IFCA", "
          "floral_paper": "FLoRAL 1%, paper preset"}
 
 
-def load(task: str, algorithm: str) -> list[dict]:
+def load(task: str, variant: str) -> list[dict]:
+    """Per-seed summaries of ``variant`` = an algorithm name, or ``<algorithm>@<tag>`` (run with overrides)."""
+    algorithm = variant.split("@")[0]
     runs = []
-    for seed_dir in sorted((OUT / task / algorithm).glob("seed*")):
+    for seed_dir in sorted((OUT / task / variant).glob("seed*")):
         f = seed_dir / "summary.json"
         if f.exists():
             runs.extend(json.loads(f.read_text())["algorithms"][algorithm]["per_seed"])
     return runs
+
+
+def variants(task: str) -> list[str]:
+    """Algorithms (and tagged variants) found for ``task``, in table order."""
+    found = [d.name for d in (OUT / task).iterdir() if d.is_dir()]
+    rank = {a: i for i, a in enumerate(ORDER)}
+    return sorted(found, key=lambda v: (rank.get(v.split("@")[0], len(ORDER)), v))
+
+
+def label(variant: str) -> str:
+    algorithm, _, tag = variant.partition("@")
+    name = LABEL.get(algorithm, algorithm)
+    return f"{name} [{tag}]" if tag else name
 
 
 def fmt(values: list[float], scale: float, digits: int) -> str:
@@ -39,7 +54,7 @@ def fmt(values: list[float], scale: float, digits: int) -> str:
 
 def table(task: str) -> str:
     rows = []
-    for alg in ORDER:
+    for alg in variants(task):
         runs = load(task, alg)
         if not runs:
             continue
@@ -48,7 +63,7 @@ def table(task: str) -> str:
         aris = [r["extra"]["router_ari"] for r in runs if "router_ari" in r.get("extra", {})]
         p = runs[0]["params"]
         rows.append("| {} | {} | {} | {} | {:+.1f}% | {:.3f} | {} | {:.0f} |".format(
-            LABEL[alg], fmt([r["last"]["mean"] for r in runs], scale, digits), len(runs),
+            label(alg), fmt([r["last"]["mean"] for r in runs], scale, digits), len(runs),
             ", ".join(str(r["seed"]) for r in runs), 100 * p["overhead"], runs[0]["mb_per_round"],
             fmt(aris, 1.0, 2) if aris else "-", statistics.fmean(r["wall_seconds"] for r in runs)))
     if not rows:
