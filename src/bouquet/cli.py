@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bouquet: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:  # a run that failed outside bouquet (e.g. FlowerRunError): one line, status 1
+        if not getattr(err, "user_facing", False):
+            raise
+        print(f"bouquet: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,16 +1,15 @@
-"""Shared helpers: an in-process Flower Grid (fast logic tests) and small experiments."""
+"""Helpers of the Flower tests: an in-process Grid (fast logic tests) and a small experiment.
+
+(Not a conftest.py: test modules import it by name, and tests/data has its own conftest.)
+"""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable
 
-import pytest
 from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
-
-BIN = shutil.which("flower-superlink")
 
 SMALL = """
 name = "flower_small"
@@ -85,8 +84,3 @@ class LoopbackGrid(Grid):
                 self.tamper(reply)
             replies.append(reply)
         return replies
-
-
-@pytest.fixture
-def small_experiment() -> str:
-    return SMALL

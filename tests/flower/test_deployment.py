@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import SMALL
+from flowerkit import SMALL
 
 from bouquet.algorithms import ALGORITHMS
 from bouquet.config import parse_experiment, with_run

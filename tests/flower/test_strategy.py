@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 import torch
-from conftest import SMALL, LoopbackGrid
+from flowerkit import SMALL, LoopbackGrid
 from flwr.app import MessageType
 
 from bouquet.algorithms import ALGORITHMS

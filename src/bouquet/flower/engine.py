@@ -31,6 +31,8 @@ COMPONENTS = {"serverapp": "bouquet.flower.serverapp:app", "clientapp": "bouquet
 class FlowerRunError(RuntimeError):
     """``flwr run`` ended without the run's summary (the ServerApp failed; see its log lines)."""
 
+    user_facing = True  # the CLI prints the message, not a traceback
+
 
 def write_app(directory: str | Path, run_config: dict) -> Path:
     """A minimal Flower app directory whose components are bouquet's ServerApp and ClientApp."""

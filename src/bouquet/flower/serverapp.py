@@ -56,6 +56,7 @@ def run_summary(task: Task, strategy: BouquetStrategy, wall: float) -> dict:
             "failed_updates": sum(len(r.get("failed", [])) for r in records),
             "skipped_rounds": [r["round"] for r in records if r.get("skipped")],
             "received_keys": sorted(strategy.received_keys),
+            "partition_of_node": {str(n): p for n, p in sorted(strategy.partitions.items())},
         },
     }
 

@@ -49,7 +49,8 @@ class BouquetStrategy(Strategy):
         self.expected = self._expected_upload(state)
         # the server never holds client states: they live on the SuperNodes
         self.state = SimState(0, state.server, {}, state.sampler)
-        self.node_of: dict[int, int] = {}
+        self.node_of: dict[int, int] = {}  # client id -> node id
+        self.partitions: dict[int, int] = {}  # node id -> partition id
         self.records: list[dict] = []
         self.received_keys: set[str] = set()
         self._sampled: list[int] = []
@@ -93,6 +94,7 @@ class BouquetStrategy(Strategy):
             raise NodeDiscoveryError(f"partitions {sorted(partitions)} of {num} reachable after "
                                      f"{self.settings.node_wait:.0f}s (node-wait)")
         self.node_of = {cid: partitions[cid % num] for cid in range(self.task.data.num_clients)}
+        self.partitions = {node: p for p, node in partitions.items()}
         log.info("bouquet: %d clients on %d SuperNodes", len(self.node_of), num)
         return self.node_of
 
