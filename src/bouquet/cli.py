@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--superlink", metavar="ADDRESS", help="with --engine flower: host:port of an insecure "
                      "SuperLink, or the name of a connection in $FLWR_HOME/config.toml (TLS)")
     sub.add_parser("algorithms", help="list the available algorithms")
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "bench":
+            from .bench.cli import cmd_bench
+
+            return cmd_bench(args)
         return _cmd_algorithms(args)
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)
