@@ -30,6 +30,7 @@ def settings(fraction: float, scale: float, clip_norm: float | None) -> dict[str
         "clean (no attack)": RobustConfig(),
         "attacked, no defence": RobustConfig(**attack),
         "attacked + clip (median norm)": RobustConfig(**attack, aggregation="clip"),
+        "attacked + clip (25% quantile norm)": RobustConfig(**attack, aggregation="clip", clip_quantile=0.25),
         **fixed,
         "attacked + trimmed mean 0.2": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.2),
         "attacked + trimmed mean 0.4": RobustConfig(**attack, aggregation="trimmed_mean", trim_fraction=0.4),

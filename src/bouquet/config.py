@@ -174,14 +174,16 @@ ATTACKS = ("none", "scale", "nan")
 class RobustConfig:
     """Defences against bad client updates (``[robust]``), and a simulated attack for experiments only.
 
-    ``aggregation``: mean (the algorithm's own) | clip (each update's norm clipped to ``clip_norm``, or to
-    the round's median update norm when unset) | trimmed_mean (``trim_fraction`` cut from each end per
-    coordinate) | median (coordinate-wise). ``max_update_norm`` rejects updates above it outright.
-    ``attack`` makes a seeded ``attack_fraction`` of clients send scaled (``attack_scale``) or NaN updates.
+    ``aggregation``: mean (the algorithm's own) | clip (each update's norm clipped to ``clip_norm``, or
+    to the ``clip_quantile`` of the round's update norms when unset; 0.5 = median) | trimmed_mean
+    (``trim_fraction`` cut from each end per coordinate) | median (coordinate-wise).
+    ``max_update_norm`` rejects updates above it outright. ``attack`` makes a seeded ``attack_fraction``
+    of clients send scaled (``attack_scale``) or NaN updates.
     """
 
     aggregation: str = "mean"
     clip_norm: float | None = None
+    clip_quantile: float = 0.5
     trim_fraction: float = 0.1
     max_update_norm: float | None = None
     attack: str = "none"
@@ -193,6 +195,7 @@ class RobustConfig:
                 self.aggregation)
         require(self.clip_norm is None or self.clip_norm > 0, f"{s}.clip_norm", "none or a number > 0",
                 self.clip_norm)
+        require(0 < self.clip_quantile <= 1, f"{s}.clip_quantile", "a number in (0, 1]", self.clip_quantile)
         require(0 <= self.trim_fraction < 0.5, f"{s}.trim_fraction", "a number in [0, 0.5)", self.trim_fraction)
         require(self.max_update_norm is None or self.max_update_norm > 0, f"{s}.max_update_norm",
                 "none or a number > 0", self.max_update_norm)

@@ -56,6 +56,8 @@ def test_clip_scales_only_large_updates_and_leaves_other_keys() -> None:
     assert torch.allclose(out["w"][2] / out["w"][2].norm(), up["w"][2] / up["w"][2].norm())
     adaptive = robust_uploads(up, payload, RobustConfig(aggregation="clip"))
     assert torch.allclose(update_norms(adaptive, payload).max(), norms.median())
+    low = robust_uploads(up, payload, RobustConfig(aggregation="clip", clip_quantile=0.25))
+    assert torch.allclose(update_norms(low, payload), norms.clamp_max(torch.quantile(norms, 0.25)))
 
 
 def test_robust_value_survives_any_weighted_mean() -> None:

@@ -7,8 +7,9 @@ model parameters a client trained). Other upload keys (FLoRAL's mixture weights 
 pass through unchanged and are aggregated by the algorithm as usual.
 
 - ``clip``: each client's update ``u_k - payload`` is scaled down to norm at most ``tau`` (over all
-  shared keys together); ``tau`` is ``clip_norm`` or, when unset, the median update norm of the round
-  (adaptive: a minority of huge updates cannot move the median).
+  shared keys together); ``tau`` is ``clip_norm`` or, when unset, the ``clip_quantile`` (default 0.5,
+  the median) of the round's update norms: adaptive, and attackers fewer than ``1 - clip_quantile`` of
+  the round cannot move it (a lower quantile tolerates more attackers and clips more honest clients).
 - ``trimmed_mean`` / ``median``: per coordinate over the round's clients, unweighted (a client's
   example count is not trusted: it is part of what an attacker controls). The robust value then
   replaces that key in EVERY client's row, so whatever weighted mean the algorithm computes (by
@@ -80,7 +81,7 @@ def robust_uploads(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], cf
         return uploads
     keys = shared_keys(uploads, payload)
     if cfg.aggregation == "clip":
-        return _clip(uploads, payload, keys, cfg.clip_norm)
+        return _clip(uploads, payload, keys, cfg.clip_norm, cfg.clip_quantile)
     out = dict(uploads)
     for k in keys:
         u = uploads[k]
@@ -91,9 +92,11 @@ def robust_uploads(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], cf
 
 
 def _clip(uploads: dict[str, Tensor], payload: Mapping[str, Tensor], keys: list[str],
-          clip_norm: float | None) -> dict[str, Tensor]:
+          clip_norm: float | None, quantile: float = 0.5) -> dict[str, Tensor]:
     norms = update_norms({k: uploads[k] for k in keys}, payload)
-    tau = clip_norm if clip_norm is not None else float(norms.median())
+    # torch.median/quantile of an even count differ (lower middle vs interpolation): keep median for 0.5.
+    adaptive = norms.median() if quantile == 0.5 else torch.quantile(norms, quantile)
+    tau = clip_norm if clip_norm is not None else float(adaptive)
     # Clients at or under the threshold keep their exact upload (factor 1, no round trip through a delta).
     factor = torch.where(norms > tau, tau / norms.clamp_min(1e-300), torch.ones_like(norms))
     out = dict(uploads)
