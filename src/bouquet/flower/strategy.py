@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -48,7 +49,7 @@ class BouquetStrategy(Strategy):
         self.param_counts = param_counts(task.alg, self.sim, state, task.base_params)
         self.expected = self._expected_upload(state)
         # the server never holds client states: they live on the SuperNodes
-        self.state = SimState(0, state.server, {}, state.sampler)
+        self.state = replace(state, clients={})
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.partitions: dict[int, int] = {}  # node id -> partition id
         self.records: list[dict] = []
@@ -199,8 +200,8 @@ class BouquetStrategy(Strategy):
         if skipped:
             record["skipped"] = True
         record["nodes"] = {str(c): node_ids.get(c, self.node_of[c]) for c in self._sampled}
-        self.state = SimState(server_round, server, {}, self._sampler, self.state.bytes_up + up,
-                              self.state.bytes_down + down)
+        self.state = replace(self.state, round=server_round, server=server, sampler=self._sampler,
+                             bytes_up=self.state.bytes_up + up, bytes_down=self.state.bytes_down + down)
         self.records.append(record)
         agg = {"train_loss": record["train_loss"], "accepted": len(accepted), "rejected": len(rejected),
                "failed": len(failed)}
