@@ -70,7 +70,7 @@ class Client:
                 for k, g in precondition_lora_grads(named, grads).items():
                     named[k].grad.copy_(g)
             opt.step()
-            total, steps = total + float(loss), steps + 1
+            total, steps = total + float(loss.detach()), steps + 1
         return total / max(steps, 1)
 
     def upload(self) -> tuple[dict[str, Tensor], Tensor]:
