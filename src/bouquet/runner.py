@@ -253,6 +253,8 @@ def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
         raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
                           f"or the run stopped before its first checkpoint)")
     exp = load_experiment(run_dir / "config.toml")
+    CheckpointDir(run_dir / "checkpoints").remove_temporaries()
+    CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
     return run_experiment(exp, run_dir, progress=progress, resume=True)
 
 

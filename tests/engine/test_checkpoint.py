@@ -143,9 +143,13 @@ def _killed_copy(reference: Path, out: Path, tag: str, after_round: int) -> None
 def test_resume_mid_run_matches_uninterrupted(tmp_path: Path, reference: Path) -> None:
     out = tmp_path / "run"
     _killed_copy(reference, out, "fedavg-seed0", 9)
+    stale = [out / "checkpoints" / ".fedavg-seed0-r0000012.ckpt.k1x2.tmp", out / ".metrics.jsonl.abc.tmp"]
+    for p in stale:  # what a writer killed between mkstemp and rename leaves behind
+        p.write_bytes(b"half")
     assert [p.name for p in CheckpointDir(out / "checkpoints").files("fedavg-seed0")] == ["fedavg-seed0-r0000009.ckpt"]
     resume_experiment(out, progress=False)
     assert_same_run(out, reference)
+    assert not any(p.exists() for p in stale)
 
 
 def test_resume_skips_finished_runs_and_survives_a_corrupt_checkpoint(tmp_path: Path, reference: Path) -> None:

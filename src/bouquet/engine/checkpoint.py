@@ -85,6 +85,15 @@ class CheckpointDir:
     def any(self) -> bool:
         return self.dir.is_dir() and any(_NAME.match(p.name) for p in self.dir.iterdir())
 
+    def remove_temporaries(self) -> int:
+        """Delete temporary files a killed writer left behind (``.<name>.<random>.tmp``); return how many."""
+        if not self.dir.is_dir():
+            return 0
+        stale = [p for p in self.dir.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
     def save(self, tag: str, round_idx: int, obj: Any) -> Path:
         """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``."""
         path = self.path(tag, round_idx)
