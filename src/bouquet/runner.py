@@ -253,6 +253,9 @@ def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
         raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
                           f"or the run stopped before its first checkpoint)")
     exp = load_experiment(run_dir / "config.toml")
+    if exp.run.engine != "local":
+        raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
+                          f"run.engine = {exp.run.engine!r}")
     CheckpointDir(run_dir / "checkpoints").remove_temporaries()
     CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
     return run_experiment(exp, run_dir, progress=progress, resume=True)
