@@ -48,7 +48,7 @@ def run_bouquet(w: Workload, rounds: int, warmup: int, device: str = "cpu", vect
     sim = Simulator(alg, data, spec)
     state = sim.init_state()
     train, evals = [], []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     acc = None
     for _ in range(rounds):
         t = time.perf_counter()
@@ -60,6 +60,7 @@ def run_bouquet(w: Workload, rounds: int, warmup: int, device: str = "cpu", vect
             acc = sim.evaluate(state)["mean"]
             evals.append(time.perf_counter() - t)
     out = _summary(train, evals, rounds, warmup, time.perf_counter() - start)
+    out["cpu_s"] = time.process_time() - cpu  # all threads' CPU time: less sensitive to a busy machine
     out["accuracy"] = acc
     return out
 
@@ -73,7 +74,7 @@ def run_pfllib(w: Workload, rounds: int, warmup: int) -> dict:
     clients = [Client(k, c, alg.model, w.lr, w.router_lr, w.batch_size, w.seed) for k, c in enumerate(data.clients)]
     server = Server(clients, alg.model, w.clients_per_round, w.seed)
     train, evals = [], []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     acc = None
     for r in range(1, rounds + 1):
         t = time.perf_counter()
@@ -84,6 +85,7 @@ def run_pfllib(w: Workload, rounds: int, warmup: int) -> dict:
             acc = server.evaluate()
             evals.append(time.perf_counter() - t)
     out = _summary(train, evals, rounds, warmup, time.perf_counter() - start)
+    out["cpu_s"] = time.process_time() - cpu
     out["accuracy"] = acc
     return out
 
@@ -202,15 +204,16 @@ def compare(w: Workload, rounds: dict[str, int], warmup: int, threads: int, ways
 
 def table(result: dict) -> str:
     """Markdown table of one comparison."""
-    lines = ["| way | s/round (median) | ratio to (a) | eval s | whole run s (rounds) | peak RSS MiB |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| way | s/round (median) | ratio to (a) | eval s | whole run s (rounds) | CPU s/round | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
     for way, r in result["ways"].items():
         if "round_s_median" not in r:
-            lines.append(f"| {way} | {r.get('skipped') or r.get('error')} | | | | |")
+            lines.append(f"| {way} | {r.get('skipped') or r.get('error')} | | | | | |")
             continue
         ev = f"{r['eval_s_median']:.3f}" if r.get("eval_s_median") is not None else "-"
+        cpu = f"{r['cpu_s'] / r['rounds']:.3f}" if "cpu_s" in r else "-"
         lines.append(f"| {way} | {r['round_s_median']:.4f} | {r.get('ratio_to_bouquet', 0):.1f}x | {ev} | "
-                     f"{r['wall_s']:.1f} ({r['rounds']}) | {r['peak_rss_mb']:.0f} |")
+                     f"{r['wall_s']:.1f} ({r['rounds']}) | {cpu} | {r['peak_rss_mb']:.0f} |")
     if "bouquet_gflops" in result:
         lines.append("")
         lines.append(f"(a) achieves {result['bouquet_gflops']:.1f} GFLOP/s on {result['train_gflop_per_round']:.2f} "
