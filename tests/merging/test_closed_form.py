@@ -33,7 +33,10 @@ def _quadratic_case(seed: int, bias_scale: float):
 def test_closed_form_lambda_matches_grid_search_on_quadratic(bias_scale):
     h, var_f, var_l, b, tau_f, tau_l = _quadratic_case(0, bias_scale)
     grid = torch.linspace(0, 1, 201, dtype=torch.float64)
-    losses = torch.stack([0.5 * (((lam * tau_f + (1 - lam) * tau_l) ** 2) * h).sum(1).mean() for lam in grid])
+    # Monte-Carlo expected loss of lam tau_F + (1 - lam) tau_L for every lam of the grid, from the three
+    # sample moments it depends on (the same numbers as averaging the loss of every merged draw)
+    ff, ll, fl = ((tau_f**2) * h).sum(1).mean(), ((tau_l**2) * h).sum(1).mean(), ((tau_f * tau_l) * h).sum(1).mean()
+    losses = 0.5 * (grid**2 * ff + 2 * grid * (1 - grid) * fl + (1 - grid) ** 2 * ll)
     lam_grid = float(grid[losses.argmin()])
     # curvature-weighted traces tr(H Sigma) and bias b^T H b, known exactly here
     lam = float(mixing_weight((h * var_l).sum(), (h * var_f).sum(), (h * b * b).sum()))
