@@ -25,6 +25,9 @@ from pathlib import Path
 
 import tomli_w
 
+# SuperLinks install an app's dependencies with `uv sync` unless told not to (network; bouquet is installed)
+NO_UV_SYNC = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
 
 def free_port() -> int:
     """A TCP port that was free a moment ago (bind port 0 on loopback)."""
@@ -171,7 +174,7 @@ class LocalFederation:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, FLWR_HOME=str(self.home), FLWR_DISABLE_UPDATE_CHECK="1",
+        env = dict(os.environ, FLWR_HOME=str(self.home), FLWR_DISABLE_UPDATE_CHECK="1", **NO_UV_SYNC,
                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), RAY_DEDUP_LOGS="0")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
@@ -290,6 +293,8 @@ def flwr_run(app_dir: str | Path, connection: str | None, run_config: dict | Non
     if federation_config:
         args += ["--federation-config", _config_args(federation_config)]
     args.append("--stream")
+    # a managed local SuperLink (connection address ":local:") inherits this environment
+    env = {**(os.environ if env is None else env), **NO_UV_SYNC}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
     lines: list[str] = []
