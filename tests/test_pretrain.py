@@ -65,3 +65,14 @@ def test_pretrain_options_are_validated():
         parse_experiment({**RAW, "pretrain": {"mode": "magic"}})
     with pytest.raises(ConfigError, match="pretrain.bogus"):
         parse_experiment({**RAW, "pretrain": {"bogus": 1}})
+
+
+def test_global_rng_after_loading_does_not_depend_on_the_cache():
+    exp = parse_experiment({**RAW, "pretrain": {**RAW["pretrain"], "seed": 3}})
+    data = build_dataset(exp.data)
+    draws = []
+    for _ in range(2):  # trained the first time, cached the second
+        torch.manual_seed(0)
+        load_pretrained(build_model("mlp", data.input_shape, data.num_outputs, hidden=16), exp, data)
+        draws.append(torch.rand(3))
+    assert torch.equal(draws[0], draws[1])

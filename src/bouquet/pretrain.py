@@ -135,11 +135,14 @@ def load_pretrained(model: nn.Module, exp, data: FederatedDataset) -> nn.Module:
         _CACHE[key] = torch.load(path, map_location="cpu", weights_only=True)
     if key not in _CACHE:
         x, y = public_split(data, cfg)
-        torch.manual_seed(cfg.seed)
-        if cfg.mode == "centralized":
-            train_centralized(model, x, y, cfg)
-        else:
-            train_fedavg(model, x, y, data.num_outputs, cfg)
+        # Own RNG stream: whatever the caller draws next (LoRA init) must not depend on whether the
+        # weights came from the cache or were trained just now.
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            if cfg.mode == "centralized":
+                train_centralized(model, x, y, cfg)
+            else:
+                train_fedavg(model, x, y, data.num_outputs, cfg)
         _CACHE[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
