@@ -79,7 +79,7 @@ def plot(results: list[tuple[str, dict]], path: str) -> None:
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=60)
 
 
 def main() -> None:
