@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from ..adapters import Router, mixture_weights
-from .base import Algorithm, LocalOptimizer, task_loss
-from .floral import RouterConfig, entropy
-from .routing import MIXTURE_WEIGHT, ROUTER, component_weights, initial_logits, routed_mean, router_report
+from ..adapters import Router
+from .base import Algorithm, LocalOptimizer
+from .floral import RouterConfig, routed_functions
+from .routing import MIXTURE_WEIGHT, ROUTER, component_weights, routed_mean
 from .server_opt import ServerOptimizer, server_sgd
 
 MEMBERS = "members."
@@ -69,41 +67,8 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
     net.eval()
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in net.named_parameters() if k != ROUTER}
-    dtype = next(iter(init_params.values())).dtype
     router_rate = 0.0 if optimal_router else router_lr
-    seen: dict[str, Tensor] = {}
-
-    def init(gen, clusters):
-        seen["clusters"] = clusters.clone()
-        params = {k: v.clone() for k, v in init_params.items()}
-        return ({"params": params, "opt": server_opt.init(params)},
-                {ROUTER: initial_logits(clusters, num_models, optimal_router, dtype, gen, rc.init_std)})
-
-    def broadcast(server):
-        return dict(server["params"])
-
-    def client_init(payload, client_state, batches):
-        trainable = dict(payload)
-        if not optimal_router:
-            trainable[ROUTER] = client_state[ROUTER]
-        return trainable
-
-    def loss(trainable, payload, client_state, batch):
-        logits = trainable.get(ROUTER, client_state[ROUTER])
-        pi = mixture_weights(logits, training=True, noise_std=rc.noise_std, floor=rc.floor,
-                             temperature=rc.temperature)
-        params = {k: v for k, v in trainable.items() if k != ROUTER}
-        out = functional_call(net, params, (batch["x"],), {"pi": pi}, strict=False)
-        value = task_loss(out, batch["y"], batch["w"], task)
-        if rc.entropy:
-            value = value - rc.entropy * entropy(torch.softmax(logits / rc.temperature, dim=-1))
-        return value
-
-    def client_final(trainable, payload, client_state, num_examples):
-        logits = trainable.get(ROUTER, client_state[ROUTER])
-        upload = {k: v for k, v in trainable.items() if k != ROUTER}
-        upload[MIXTURE_WEIGHT] = torch.softmax(logits, dim=-1)
-        return upload, {ROUTER: logits}
+    shared = routed_functions(net, task, rc, num_models, optimal_router, init_params, server_opt)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)
@@ -118,15 +83,11 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
         params, opt = server_opt.update(old, avg, server["opt"])
         return {"params": params, "opt": opt}
 
-    def personalize(server, client_state):
-        return {**server["params"], ROUTER: client_state[ROUTER]}
-
-    alg = Algorithm(name=name, model=net, task=task, init=init, broadcast=broadcast, client_init=client_init,
-                    loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
+    alg = Algorithm(name=name, model=net, task=task, **shared.functions, aggregate=aggregate,
                     optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: router_rate if k == ROUTER else lr,
                                              weight_decay=weight_decay),
                     private_keys=("router.",))
     total = sum(v.numel() for v in init_params.values())
     alg.hparams.update(param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
-                       report=router_report(lambda: seen.get("clusters")), optimal_router=optimal_router)
+                       report=shared.report, optimal_router=optimal_router)
     return alg

@@ -82,25 +82,21 @@ def lora_preconditioner(eps: float):
     return transform
 
 
-def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None = None, router_lr: float = 0.1,
-           router: RouterConfig | None = None, precondition: bool = True, precondition_eps: float = 1e-5,
-           optimal_router: bool = False, server_opt: ServerOptimizer | None = None,
-           weight_decay: float = 0.0, name: str = "floral") -> Algorithm:
-    """Build FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
+@dataclass(frozen=True)
+class RoutedFunctions:
+    """The client side shared by the routed mixtures (FLoRAL, Ensemble) and the router report."""
 
-    ``optimal_router=True`` is the oracle: each client's pi is fixed to its true cluster's one-hot.
-    ``router`` overrides the MixtureModel's router settings (they are written back to it, since the
-    evaluation forward reads them from the template).
+    functions: dict
+    report: object
+
+
+def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, optimal_router: bool,
+                     init_params: Params, server_opt: ServerOptimizer) -> RoutedFunctions:
+    """init, broadcast, client_init, loss, client_final and personalize of a mixture whose forward takes ``pi``.
+
+    Server state: the mixture's parameters without the router; client state: the router logits
+    (private). Clients upload their parameters and ``mixture_weight`` = softmax(logits), never the logits.
     """
-    if not isinstance(model, MixtureModel):
-        raise TypeError(f"floral needs a MixtureModel (see bouquet.algorithms.floral.wrap), got {type(model)}")
-    rc = router or RouterConfig(model.router.noise_std, model.router.floor, model.router.temperature)
-    model.router.noise_std, model.router.floor, model.router.temperature = rc.noise_std, rc.floor, rc.temperature
-    model.eval()  # the template's mode drives the evaluation forward: no router noise there
-    num = model.num_adaptors
-    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0 if optimal_router else router_lr)
-    server_opt = server_opt or server_sgd(1.0)
-    init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
     dtype = next(iter(init_params.values())).dtype
     seen: dict[str, Tensor] = {}
 
@@ -124,7 +120,7 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
         pi = mixture_weights(logits, training=True, noise_std=rc.noise_std, floor=rc.floor,
                              temperature=rc.temperature)
         params = {k: v for k, v in trainable.items() if k != ROUTER}
-        out = functional_call(model, params, (batch["x"],), {"pi": pi}, strict=False)
+        out = functional_call(net, params, (batch["x"],), {"pi": pi}, strict=False)
         value = task_loss(out, batch["y"], batch["w"], task)
         if rc.entropy:
             value = value - rc.entropy * entropy(torch.softmax(logits / rc.temperature, dim=-1))
@@ -135,6 +131,35 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
         upload = {k: v for k, v in trainable.items() if k != ROUTER}
         upload[MIXTURE_WEIGHT] = torch.softmax(logits, dim=-1)  # p(c|k) as in the paper: no noise, floor, temp
         return upload, {ROUTER: logits}
+
+    def personalize(server, client_state):
+        return {**server["params"], ROUTER: client_state[ROUTER]}
+
+    functions = {"init": init, "broadcast": broadcast, "client_init": client_init, "loss": loss,
+                 "client_final": client_final, "personalize": personalize}
+    return RoutedFunctions(functions, router_report(lambda: seen.get("clusters")))
+
+
+def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None = None, router_lr: float = 0.1,
+           router: RouterConfig | None = None, precondition: bool = True, precondition_eps: float = 1e-5,
+           optimal_router: bool = False, server_opt: ServerOptimizer | None = None,
+           weight_decay: float = 0.0, name: str = "floral") -> Algorithm:
+    """Build FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
+
+    ``optimal_router=True`` is the oracle: each client's pi is fixed to its true cluster's one-hot.
+    ``router`` overrides the MixtureModel's router settings (they are written back to it, since the
+    evaluation forward reads them from the template).
+    """
+    if not isinstance(model, MixtureModel):
+        raise TypeError(f"floral needs a MixtureModel (see bouquet.algorithms.floral.wrap), got {type(model)}")
+    rc = router or RouterConfig(model.router.noise_std, model.router.floor, model.router.temperature)
+    model.router.noise_std, model.router.floor, model.router.temperature = rc.noise_std, rc.floor, rc.temperature
+    model.eval()  # the template's mode drives the evaluation forward: no router noise there
+    num = model.num_adaptors
+    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0 if optimal_router else router_lr)
+    server_opt = server_opt or server_sgd(1.0)
+    init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
+    shared = routed_functions(model, task, rc, num, optimal_router, init_params, server_opt)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)
@@ -147,19 +172,15 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
         params, opt = server_opt.update(old, avg, server["opt"])
         return {"params": params, "opt": opt}
 
-    def personalize(server, client_state):
-        return {**server["params"], ROUTER: client_state[ROUTER]}
-
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     optimizer = LocalOptimizer(lr=lr, lr_of=rates.of, weight_decay=weight_decay,
                                grad_transform=lora_preconditioner(precondition_eps) if precondition else None)
-    alg = Algorithm(name=name, model=model, task=task, init=init, broadcast=broadcast, client_init=client_init,
-                    loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
+    alg = Algorithm(name=name, model=model, task=task, **shared.functions, aggregate=aggregate,
                     optimizer=optimizer, private_keys=("router.",))
     alg.hparams.update(
         param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
-        report=router_report(lambda: seen.get("clusters")),
+        report=shared.report,
         num_adaptors=num, optimal_router=optimal_router,
     )
     return alg
