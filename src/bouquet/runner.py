@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import vmap
 
 from .algorithms import ALGORITHMS, Algorithm
 from .config import ConfigError, Experiment, load_experiment, resolved_dict, with_run
 from .data import build_dataset
 from .data.federated import FederatedDataset
 from .engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
+from .engine.evaluation import personalized_params
 from .engine.simulator import RunSpec, SimState, Simulator
 from .models import build_model
 from .results import atomic_write_json, atomic_write_toml, mean_std, write_jsonl
@@ -64,12 +64,7 @@ def run_spec(exp: Experiment, alg: Algorithm, seed: int) -> RunSpec:
 def param_counts(alg: Algorithm, sim: Simulator, state: SimState, base: int) -> dict:
     """Parameters of one client's personalized model, what is sent, and overhead over the base model."""
     cs0 = {k: v[:1] for k, v in state.clients.items()}
-    with torch.no_grad():
-        if cs0:
-            params = vmap(lambda c: alg.personalize(state.server, c))(cs0)
-            per_client = sum(v[0].numel() for v in params.values())
-        else:
-            per_client = sum(v.numel() for v in alg.personalize(state.server, {}).values())
+    per_client = sum(v[0].numel() for v in personalized_params(alg, state.server, cs0, 1).values())
     down = sum(v.numel() for v in alg.broadcast(state.server).values())
     counts = {"base": base, "per_client": int(per_client), "downloaded": int(down),
               "overhead": per_client / base - 1 if base else 0.0}

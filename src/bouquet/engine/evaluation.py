@@ -60,13 +60,18 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
     return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
 
 
-def evaluate_clients(alg: Algorithm, server: ServerState, client_states: ClientStates,
-                     arrays: SplitArrays, *, vectorized: bool = True, chunk: int = 64) -> ClientScores:
-    """Every client's personalized model (``alg.personalize``) on its own split of ``arrays``."""
-    clients = torch.arange(len(arrays.sizes))
+def personalized_params(alg: Algorithm, server: ServerState, client_states: ClientStates,
+                        num_clients: int) -> dict[str, Tensor]:
+    """Personalized parameters of ``num_clients`` clients, stacked [K, ...] (no gradient).
+
+    Algorithms without client state (FedAvg) personalize every client alike; their one model is
+    repeated so that callers always get one row per client.
+    """
     with torch.no_grad():
-        return score_params(alg, lambda cs: alg.personalize(server, cs), client_states, arrays, clients,
-                            vectorized=vectorized, chunk=chunk)
+        if client_states:
+            return vmap(lambda cs: alg.personalize(server, cs))(client_states)
+        one = alg.personalize(server, {})
+        return {k: v.unsqueeze(0).expand(num_clients, *v.shape).clone() for k, v in one.items()}
 
 
 def summarize(scores: ClientScores, clusters: Tensor) -> dict:

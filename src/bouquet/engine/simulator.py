@@ -27,7 +27,7 @@ from ..algorithms.base import (
 from ..config import RobustConfig
 from ..data.federated import FederatedDataset
 from .batching import FINETUNE, TRAIN, SplitArrays, round_batches
-from .evaluation import ClientScores, score_params, summarize
+from .evaluation import ClientScores, personalized_params, score_params, summarize
 from .robust import guard_uploads, robust_uploads
 from .training import train_sequential, train_vectorized
 from .validation import check_private
@@ -185,12 +185,7 @@ class Simulator:
         for start in range(0, self.data.num_clients, spec.eval_chunk):
             ids = torch.arange(start, min(self.data.num_clients, start + spec.eval_chunk))
             cs = _select(state.clients, ids.to(self.device))
-            with torch.no_grad():
-                if cs:
-                    params = vmap(lambda c: alg.personalize(state.server, c))(cs)
-                else:
-                    one = alg.personalize(state.server, {})
-                    params = {k: v.unsqueeze(0).expand(len(ids), *v.shape).clone() for k, v in one.items()}
+            params = personalized_params(alg, state.server, cs, len(ids))
             trainable = {k: v for k, v in params.items() if keep(k)}
             frozen = {k: v for k, v in params.items() if not keep(k)}
             index, weight = round_batches(self.train, ids, seed=spec.seed, round_idx=state.round,
