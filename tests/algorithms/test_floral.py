@@ -167,3 +167,25 @@ def test_parameter_overhead_matches_hand_count(tmp_path, capsys):
     assert counts["base"] == base and counts["adaptors"] == adaptors and counts["router"] == 4
     assert counts["per_client"] == base + adaptors + 4
     assert f"{base + adaptors + 4:,}" in printed and f"+{100 * (adaptors + 4) / base:.1f}%" in printed
+
+
+def test_router_steps_refresh_the_router_on_the_downloaded_model_before_training():
+    """router_steps descends the router-only loss at client_init, the same vmapped as client by client."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.5, router=RouterConfig(steps=3))
+    sim, state, _ = _run(alg, data, 20)  # adaptors now differ, so the router has a gradient
+    payload = alg.broadcast(state.server)
+    c = data.clients[1]
+    batches = {"x": c.x_train[None], "y": c.y_train[None], "w": torch.ones(1, len(c.y_train))}
+    private = {ROUTER: torch.zeros(2)}
+    trainable = alg.client_init(payload, private, batches)
+    assert not torch.equal(trainable[ROUTER], private[ROUTER])
+    batch = {k: v[0] for k, v in batches.items()}
+    before = alg.loss({**payload, ROUTER: private[ROUTER]}, payload, private, batch)
+    after = alg.loss(trainable, payload, private, batch)
+    assert after < before
+    stacked = {k: torch.stack([v, v]) for k, v in batches.items()}
+    both = torch.vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
+        payload, {ROUTER: torch.zeros(2, 2)}, stacked)
+    torch.testing.assert_close(both[ROUTER][0], trainable[ROUTER])

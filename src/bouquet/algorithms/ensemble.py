@@ -8,6 +8,7 @@ would receive identical updates and never specialise without router noise).
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 from torch import Tensor, nn
 
@@ -61,13 +62,13 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
              server_opt: ServerOptimizer | None = None, weight_decay: float = 0.0,
              name: str = "ensemble") -> Algorithm:
     """Build the Ensemble baseline from one model (copied C times, independently initialised)."""
-    rc = router or RouterConfig()
+    rc = replace(router or RouterConfig(), lr=router_lr)
     net = EnsembleModel(independent_copies(model, num_models),
                         Router(num_models, noise_std=rc.noise_std, floor=rc.floor, temperature=rc.temperature))
     net.eval()
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in net.named_parameters() if k != ROUTER}
-    router_rate = 0.0 if optimal_router else router_lr
+    router_rate = 0.0 if optimal_router or rc.select == "loss" else router_lr
     shared = routed_functions(net, task, rc, num_models, optimal_router, init_params, server_opt)
 
     def aggregate(server, uploads, num_examples):

@@ -14,16 +14,17 @@ server step); ``paper_*`` switches reproduce the official code (see docs/floral.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, grad
 
 from ..adapters import MixtureModel, inject, mixture_weights, param_role, precondition_lora_grads
 from .base import Algorithm, LocalOptimizer, Params, task_loss, weighted_mean
 from .routing import (
     MIXTURE_WEIGHT,
+    ORACLE_OFF,
     ROUTER,
     component_weights,
     initial_logits,
@@ -42,6 +43,9 @@ class RouterConfig:
     temperature: float = 1.0
     entropy: float = 0.0  # loss - entropy * H(pi): > 0 pushes pi towards uniform, < 0 towards one-hot
     init_std: float = 0.0  # ours: random initial logits N(0, init_std^2) instead of zeros (paper)
+    steps: int = 0  # ours: router-only SGD steps on the downloaded model before local training
+    lr: float = 0.0  # their learning rate: the router's (floral() and ensemble() set it)
+    select: str = "gradient"  # ours, "loss": each visit pick the component of lowest training loss (IFCA-style)
 
 
 @dataclass(frozen=True)
@@ -109,22 +113,50 @@ def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, opti
     def broadcast(server):
         return dict(server["params"])
 
-    def client_init(payload, client_state, batches):
-        trainable = dict(payload)
-        if not optimal_router:
-            trainable[ROUTER] = client_state[ROUTER]
-        return trainable
-
-    def loss(trainable, payload, client_state, batch):
-        logits = trainable.get(ROUTER, client_state[ROUTER])
+    def routed_loss(logits, params, batch):
         pi = mixture_weights(logits, training=True, noise_std=rc.noise_std, floor=rc.floor,
                              temperature=rc.temperature)
-        params = {k: v for k, v in trainable.items() if k != ROUTER}
         out = functional_call(net, params, (batch["x"],), {"pi": pi}, strict=False)
         value = task_loss(out, batch["y"], batch["w"], task)
         if rc.entropy:
             value = value - rc.entropy * entropy(torch.softmax(logits / rc.temperature, dim=-1))
         return value
+
+    def refresh(logits, params, batches):
+        # Router-only SGD on the model just downloaded: the router catches up with components that moved
+        # since this client's last visit before they are trained (and averaged) under its weights.
+        num_batches = batches["w"].shape[0]
+        for i in range(rc.steps):
+            batch = {k: v[i % num_batches] for k, v in batches.items()}
+            logits = logits - rc.lr * grad(routed_loss)(logits, params, batch)
+        return logits.detach()
+
+    def choose(logits, params, batches):
+        # Loss-selected router: one-hot on the component of lowest loss on this round's training rows.
+        # Components tied within float noise (identical at the start) go to the client's largest logit:
+        # its last choice, or its random initial preference, which breaks the symmetry between them.
+        flat = {k: v.flatten(0, 1) for k, v in batches.items()}
+        eye = torch.eye(num, dtype=logits.dtype, device=logits.device)
+        losses = torch.stack([task_loss(functional_call(net, params, (flat["x"],), {"pi": eye[c]}, strict=False),
+                                        flat["y"], flat["w"], task) for c in range(num)])
+        tied = losses <= losses.min() + 1e-6 * (1 + losses.min().abs())
+        pick = torch.where(tied, logits, torch.full_like(logits, -torch.inf)).argmax()
+        return torch.where(torch.arange(num, device=logits.device) == pick, 0.0, ORACLE_OFF).to(logits.dtype)
+
+    def client_init(payload, client_state, batches):
+        trainable = dict(payload)
+        if not optimal_router:
+            logits = client_state[ROUTER]
+            if rc.select == "loss":
+                logits = choose(logits, payload, batches)
+            elif rc.steps:
+                logits = refresh(logits, payload, batches)
+            trainable[ROUTER] = logits
+        return trainable
+
+    def loss(trainable, payload, client_state, batch):
+        logits = trainable.get(ROUTER, client_state[ROUTER])
+        return routed_loss(logits, {k: v for k, v in trainable.items() if k != ROUTER}, batch)
 
     def client_final(trainable, payload, client_state, num_examples):
         logits = trainable.get(ROUTER, client_state[ROUTER])
@@ -153,10 +185,12 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
     if not isinstance(model, MixtureModel):
         raise TypeError(f"floral needs a MixtureModel (see bouquet.algorithms.floral.wrap), got {type(model)}")
     rc = router or RouterConfig(model.router.noise_std, model.router.floor, model.router.temperature)
+    rc = replace(rc, lr=router_lr)
     model.router.noise_std, model.router.floor, model.router.temperature = rc.noise_std, rc.floor, rc.temperature
     model.eval()  # the template's mode drives the evaluation forward: no router noise there
     num = model.num_adaptors
-    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0 if optimal_router else router_lr)
+    fixed_router = optimal_router or rc.select == "loss"  # chosen at client_init, not trained by SGD
+    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0 if fixed_router else router_lr)
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
     shared = routed_functions(model, task, rc, num, optimal_router, init_params, server_opt)

@@ -28,8 +28,17 @@ class RouterOptions:
     router_entropy: float = 0.0  # loss - router_entropy * H(pi); > 0 favours uniform pi
     optimal_router: bool = False
     router_init_std: float = 0.0  # ours: random initial router logits N(0, std^2); paper: 0 (uniform pi)
+    router_steps: int = 0  # ours: router-only SGD steps on the downloaded model before each local round
+    router_select: str = "gradient"  # ours, "loss": one-hot on the component of lowest training loss each visit
 
     def check(self, s: str) -> None:
+        require(isinstance(self.router_steps, int) and self.router_steps >= 0, f"{s}.router_steps",
+                "an integer >= 0", self.router_steps)
+        require(self.router_select in ("gradient", "loss"), f"{s}.router_select", '"gradient" or "loss"',
+                self.router_select)
+        require(self.router_select == "gradient" or self.router_init_std > 0 or self.optimal_router,
+                f"{s}.router_init_std", '> 0 with router_select = "loss" (it breaks ties between identical '
+                "components)", self.router_init_std)
         require(self.router_init_std >= 0, f"{s}.router_init_std", "a number >= 0", self.router_init_std)
         require(self.num_components is None or self.num_components >= 1, f"{s}.num_components",
                 "none or an integer >= 1", self.num_components)
@@ -40,7 +49,8 @@ class RouterOptions:
 
     def router(self) -> RouterConfig:
         return RouterConfig(self.router_noise, self.router_floor, self.router_temperature, self.router_entropy,
-                            self.router_init_std)
+                            self.router_init_std, self.router_steps,
+                            select=self.router_select)
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class FloralOptions(RouterOptions):
     """FLoRAL: adaptor budget, learning rates, preconditioning and the paper-compatibility switches."""
 
     rank: float = 0.01  # budget rho < 1 (adaptor ~ rho of each layer's weights) or an integer rank
+    router_init_std: float = 1.0  # ours: random initial logits; with zeros the adaptors start identical
     adaptor_bias: bool = True  # a full-width bias per adaptor (the paper's "adaptive bias")
     lora_lr: float | None = None  # adaptor learning rate; None = train.lr
     precondition: bool = True  # ScaledGD / Riemannian LoRA preconditioning, on in the official code
@@ -88,6 +99,7 @@ class FloralPaperOptions(FloralOptions):
 
     router_noise: float = 1.0
     router_floor: float = 0.01
+    router_init_std: float = 0.0
     paper_bias_init: bool = True
     paper_server_damping: bool = True
     paper_conv_rank_bug: bool = True
