@@ -34,6 +34,8 @@ PAPER = {
     "synthetic_linear": {"fedavg": "10.50", "local_adaptor": "3.61", "ensemble": "0.0000",
                          "ensemble_opt": "0.0000", "floral": "0.0000", "floral_opt": "0.0000",
                          "floral_paper": "0.0000"},
+    "synthetic_mlp": {"fedavg": "0.612", "local_adaptor": "0.025", "ensemble": "0.0024", "ensemble_opt": "0.0033",
+                      "floral": "0.0039", "floral_opt": "0.0047"},
 }
 
 
