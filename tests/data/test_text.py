@@ -54,8 +54,13 @@ def test_task_federation_is_disjoint_and_one_task_per_cluster(monkeypatch, tmp_p
     monkeypatch.setenv("BOUQUET_CACHE", str(tmp_path))
     text.task_pool.cache_clear()
     ds = build_dataset(DataSpec(name="text_tasks", num_clients=4, num_clusters=2, train_per_client=8,
-                                test_per_client=5))
+                                test_per_client=5, shift="label_shift"))
     assert ds.input_shape == (text.MAX_TOKENS, 385) and ds.num_outputs == 5
+    own = build_dataset(DataSpec(name="text_tasks", num_clients=4, num_clusters=2, train_per_client=8,
+                                 test_per_client=5))  # shift "none": each task on its own 5 outputs
+    assert own.num_outputs == 10
+    for shared, c in zip(ds.clients, own.clients, strict=True):
+        assert torch.equal(c.y_train, shared.y_train + 5 * c.cluster) and torch.equal(c.x_test, shared.x_test)
     assert ds.clusters.tolist() == [0, 1, 0, 1]
     assert [c.num_train for c in ds.clients] == [8] * 4
     ids = torch.cat([torch.cat([c.train_ids, c.test_ids]) for c in ds.clients])

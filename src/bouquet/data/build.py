@@ -25,7 +25,7 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
         from bouquet.data.text import build_text_tasks
 
         ds = build_text_tasks(spec.num_clients, spec.num_clusters, spec.seed, spec.train_per_client,
-                              spec.test_per_client, spec.test_fraction)
+                              spec.test_per_client, spec.test_fraction, shared_labels=spec.shift == "label_shift")
     else:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
     ds.meta["spec"] = dataclasses.asdict(spec)

