@@ -114,7 +114,10 @@ class Simulator:
         index, weight = round_batches(self.train, ids, seed=spec.seed, round_idx=rnd, batch_size=spec.batch_size,
                                       epochs=spec.local_epochs, steps=spec.local_steps, purpose=TRAIN,
                                       shuffle=spec.shuffle)
-        batches = self.train.gather(index, weight)
+        # Gathered step-major ([S, K, B, ...] in memory), seen as [K, S, B, ...]: the vectorized trainer walks
+        # steps, so each step's block is contiguous without a copy.
+        step_major = self.train.gather(index.transpose(0, 1).contiguous(), weight.transpose(0, 1).contiguous())
+        batches = {k: v.transpose(0, 1) for k, v in step_major.items()}
         private = _select(state.clients, ids.to(self.device))
         n = self.num_examples[ids].to(self.device)
         if spec.vectorized:
@@ -137,7 +140,9 @@ class Simulator:
         up_bytes = payload_nbytes({k: v[0] for k, v in uploads.items()}) * len(ids)
         down_bytes = payload_nbytes(payload) * len(ids)
         server = state.server
-        if bool(accepted.any()):
+        if bool(accepted.all()):  # the usual case: no copy of the uploads
+            server = alg.aggregate(server, robust_uploads(uploads, payload, spec.robust), n)
+        elif bool(accepted.any()):
             keep = accepted.nonzero().flatten()
             kept = robust_uploads({k: v[keep] for k, v in uploads.items()}, payload, spec.robust)
             server = alg.aggregate(server, kept, n[keep])
