@@ -1,21 +1,23 @@
 """Preconditioning against a hand computation."""
 
+import pytest
 import torch
 
 from bouquet.adapters import precondition_lora_grads
 
 
-def test_linear_preconditioning_by_hand():
+@pytest.mark.parametrize("rank", [3, 1])  # rank 1 takes the division fast path
+def test_linear_preconditioning_by_hand(rank):
     torch.manual_seed(0)
-    A, B = torch.randn(2, 3, 5), torch.randn(2, 4, 3)
-    gA, gB, gb = torch.randn(2, 3, 5), torch.randn(2, 4, 3), torch.randn(2, 4)
+    A, B = torch.randn(2, rank, 5), torch.randn(2, 4, rank)
+    gA, gB, gb = torch.randn(2, rank, 5), torch.randn(2, 4, rank), torch.randn(2, 4)
     params = {"model.fc.lora_A": A, "model.fc.lora_B": B, "model.fc.lora_bias": torch.zeros(2, 4),
               "router.logits": torch.zeros(2), "model.fc.base.weight": torch.zeros(4, 5)}
     grads = {"model.fc.lora_A": gA, "model.fc.lora_B": gB, "model.fc.lora_bias": gb,
              "router.logits": torch.ones(2), "model.fc.base.weight": torch.ones(4, 5)}
     eps = 1e-5
     out = precondition_lora_grads(params, grads, eps=eps)
-    eye = torch.eye(3, dtype=torch.float64)
+    eye = torch.eye(rank, dtype=torch.float64)
     for c in range(2):
         a, b = A[c].double(), B[c].double()
         want_a = torch.inverse(b.T @ b + eps * eye) @ gA[c].double()

@@ -20,6 +20,8 @@ def precondition_linear(lora_A: Tensor, lora_B: Tensor, grad_A: Tensor, grad_B: 
     """grad_A <- (B^T B + eps I)^-1 grad_A, grad_B <- grad_B (A A^T + eps I)^-1, batched over leading dims."""
     gram_b = lora_B.mT @ lora_B  # [..., r, r]
     gram_a = lora_A @ lora_A.mT  # [..., r, r]
+    if gram_b.shape[-1] == 1:  # rank 1 (every 1% adaptor of the MNIST MLP): the solve is a division
+        return grad_A / (gram_b + eps), grad_B / (gram_a + eps)
     new_A = torch.linalg.solve(gram_b + _eye_like(gram_b, eps), grad_A)
     # X (G + eps I) = grad_B  <=>  (G + eps I)^T X^T = grad_B^T; the Gram is symmetric.
     new_B = torch.linalg.solve(gram_a + _eye_like(gram_a, eps), grad_B.mT).mT
