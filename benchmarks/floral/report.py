@@ -65,6 +65,8 @@ def load(task: str, variant: str) -> list[dict]:
 
 def variants(task: str) -> list[str]:
     """Algorithms (and tagged variants) found for ``task``, in table order."""
+    if not (OUT / task).is_dir():
+        return []
     found = [d.name for d in (OUT / task).iterdir() if d.is_dir()]
     rank = {a: i for i, a in enumerate(ORDER)}
     return sorted(found, key=lambda v: (rank.get(v.split("@")[0], len(ORDER)), v))
