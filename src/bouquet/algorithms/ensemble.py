@@ -8,7 +8,6 @@ would receive identical updates and never specialise without router noise).
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 from torch import Tensor, nn
 
@@ -62,14 +61,13 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
              server_opt: ServerOptimizer | None = None, weight_decay: float = 0.0,
              name: str = "ensemble") -> Algorithm:
     """Build the Ensemble baseline from one model (copied C times, independently initialised)."""
-    rc = replace(router or RouterConfig(), lr=router_lr)
+    rc = router or RouterConfig()
     net = EnsembleModel(independent_copies(model, num_models),
                         Router(num_models, noise_std=rc.noise_std, floor=rc.floor, temperature=rc.temperature))
     net.eval()
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in net.named_parameters() if k != ROUTER}
-    router_rate = 0.0 if optimal_router or rc.select == "loss" else router_lr
-    shared = routed_functions(net, task, rc, num_models, optimal_router, init_params, server_opt)
+    shared = routed_functions(net, task, rc, num_models, optimal_router, init_params, server_opt, router_lr)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)
@@ -85,7 +83,7 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
         return {"params": params, "opt": opt}
 
     alg = Algorithm(name=name, model=net, task=task, **shared.functions, aggregate=aggregate,
-                    optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: router_rate if k == ROUTER else lr,
+                    optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: shared.router_rate if k == ROUTER else lr,
                                              weight_decay=weight_decay),
                     private_keys=("router.",))
     total = sum(v.numel() for v in init_params.values())

@@ -14,7 +14,7 @@ server step); ``paper_*`` switches reproduce the official code (see docs/floral.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +43,7 @@ class RouterConfig:
     temperature: float = 1.0
     entropy: float = 0.0  # loss - entropy * H(pi): > 0 pushes pi towards uniform, < 0 towards one-hot
     init_std: float = 0.0  # ours: random initial logits N(0, init_std^2) instead of zeros (paper)
-    steps: int = 0  # ours: router-only SGD steps on the downloaded model before local training
-    lr: float = 0.0  # their learning rate: the router's (floral() and ensemble() set it)
+    steps: int = 0  # ours: router-only SGD steps (at the router's learning rate) before local training
     select: str = "gradient"  # ours, "loss": each visit pick the component of lowest training loss (IFCA-style)
 
 
@@ -88,14 +87,16 @@ def lora_preconditioner(eps: float):
 
 @dataclass(frozen=True)
 class RoutedFunctions:
-    """The client side shared by the routed mixtures (FLoRAL, Ensemble) and the router report."""
+    """The client side shared by the routed mixtures (FLoRAL, Ensemble), the router report, and the
+    router's local learning rate (0 when the router is fixed: the oracle, or chosen by loss)."""
 
     functions: dict
     report: object
+    router_rate: float
 
 
 def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, optimal_router: bool,
-                     init_params: Params, server_opt: ServerOptimizer) -> RoutedFunctions:
+                     init_params: Params, server_opt: ServerOptimizer, router_lr: float) -> RoutedFunctions:
     """init, broadcast, client_init, loss, client_final and personalize of a mixture whose forward takes ``pi``.
 
     Server state: the mixture's parameters without the router; client state: the router logits
@@ -128,7 +129,7 @@ def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, opti
         num_batches = batches["w"].shape[0]
         for i in range(rc.steps):
             batch = {k: v[i % num_batches] for k, v in batches.items()}
-            logits = logits - rc.lr * grad(routed_loss)(logits, params, batch)
+            logits = logits - router_lr * grad(routed_loss)(logits, params, batch)
         return logits.detach()
 
     def choose(logits, params, batches):
@@ -169,7 +170,8 @@ def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, opti
 
     functions = {"init": init, "broadcast": broadcast, "client_init": client_init, "loss": loss,
                  "client_final": client_final, "personalize": personalize}
-    return RoutedFunctions(functions, router_report(lambda: seen.get("clusters")))
+    fixed = optimal_router or rc.select == "loss"  # set at client_init, not trained by SGD
+    return RoutedFunctions(functions, router_report(lambda: seen.get("clusters")), 0.0 if fixed else router_lr)
 
 
 def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None = None, router_lr: float = 0.1,
@@ -185,15 +187,13 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
     if not isinstance(model, MixtureModel):
         raise TypeError(f"floral needs a MixtureModel (see bouquet.algorithms.floral.wrap), got {type(model)}")
     rc = router or RouterConfig(model.router.noise_std, model.router.floor, model.router.temperature)
-    rc = replace(rc, lr=router_lr)
     model.router.noise_std, model.router.floor, model.router.temperature = rc.noise_std, rc.floor, rc.temperature
     model.eval()  # the template's mode drives the evaluation forward: no router noise there
     num = model.num_adaptors
-    fixed_router = optimal_router or rc.select == "loss"  # chosen at client_init, not trained by SGD
-    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0 if fixed_router else router_lr)
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
-    shared = routed_functions(model, task, rc, num, optimal_router, init_params, server_opt)
+    shared = routed_functions(model, task, rc, num, optimal_router, init_params, server_opt, router_lr)
+    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, shared.router_rate)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)

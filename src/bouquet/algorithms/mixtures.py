@@ -49,8 +49,7 @@ class RouterOptions:
 
     def router(self) -> RouterConfig:
         return RouterConfig(self.router_noise, self.router_floor, self.router_temperature, self.router_entropy,
-                            self.router_init_std, self.router_steps,
-                            select=self.router_select)
+                            self.router_init_std, self.router_steps, self.router_select)
 
 
 @dataclass(frozen=True)

@@ -140,12 +140,12 @@ class Simulator:
         up_bytes = payload_nbytes({k: v[0] for k, v in uploads.items()}) * len(ids)
         down_bytes = payload_nbytes(payload) * len(ids)
         server = state.server
-        if bool(accepted.all()):  # the usual case: no copy of the uploads
-            server = alg.aggregate(server, robust_uploads(uploads, payload, spec.robust), n)
-        elif bool(accepted.any()):
-            keep = accepted.nonzero().flatten()
-            kept = robust_uploads({k: v[keep] for k, v in uploads.items()}, payload, spec.robust)
-            server = alg.aggregate(server, kept, n[keep])
+        if bool(accepted.any()):
+            kept, kept_n = uploads, n  # the usual case, every upload accepted: no copy
+            if not bool(accepted.all()):
+                keep = accepted.nonzero().flatten()
+                kept, kept_n = {k: v[keep] for k, v in uploads.items()}, n[keep]
+            server = alg.aggregate(server, robust_uploads(kept, payload, spec.robust), kept_n)
         clients = _scatter(state.clients, ids[accepted.cpu()], {k: v[accepted] for k, v in new_private.items()})
         w = n.to(torch.float64).cpu() * torch.isfinite(losses).cpu()  # diverged clients are left out
         record = {
