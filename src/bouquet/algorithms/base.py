@@ -51,6 +51,23 @@ class LocalOptimizer:
 
 
 @dataclass(frozen=True)
+class LossSpec:
+    """What ``loss`` computes, declared for engines that train some models with hand-written kernels.
+
+    The loss is the task loss of the algorithm's model on the trainable parameters, with the mixture
+    weights pi = softmax(params[logits] / temperature) (``logits`` None: the model has no router, or a
+    single adaptor with pi = [1]), minus ``entropy`` * H(pi); the optimizer's ``grad_transform`` is the
+    LoRA preconditioner with ``precondition_eps`` (None: no transform). An algorithm whose loss is not
+    of this form leaves ``Algorithm.loss_spec`` at None and is always trained through ``loss``.
+    """
+
+    logits: str | None = None
+    temperature: float = 1.0
+    entropy: float = 0.0
+    precondition_eps: float | None = None
+
+
+@dataclass(frozen=True)
 class Algorithm:
     """A federated algorithm as a bundle of pure functions (see the module docstring for the round).
 
@@ -76,6 +93,9 @@ class Algorithm:
     hparams: dict = field(default_factory=dict)
     # True: engines pass the round's batches to client_final as a 5th argument (Potara's Fisher traces).
     final_batches: bool = False
+    # Declares ``loss`` in closed form, so the local engine may train chain models (MLPs) by hand-batched
+    # kernels (engine/chain.py) instead of vmap + autograd; same numbers, checked in the tests.
+    loss_spec: LossSpec | None = None
 
     def apply(self, params: Params, x: Tensor) -> Tensor:
         """Run the model with the given parameters (``functional_call`` on the template)."""

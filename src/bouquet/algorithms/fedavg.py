@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Algorithm, LocalOptimizer, model_params, task_loss, weighted_mean
+from .base import Algorithm, LocalOptimizer, LossSpec, model_params, task_loss, weighted_mean
 from .server_opt import ServerOptimizer, server_sgd
 
 
@@ -46,5 +46,5 @@ def fedavg(model: nn.Module, task: str, *, lr: float, weight_decay: float = 0.0,
     alg = Algorithm(name=name, model=model, task=task, init=init, broadcast=broadcast, client_init=client_init,
                     loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
                     optimizer=LocalOptimizer(lr=lr, weight_decay=weight_decay),
-                    finetune_filter=lambda name: True)
+                    finetune_filter=lambda name: True, loss_spec=LossSpec())
     return alg

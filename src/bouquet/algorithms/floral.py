@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from ..adapters import MixtureModel, inject, mixture_weights, param_role, precondition_lora_grads
-from .base import Algorithm, LocalOptimizer, Params, task_loss, weighted_mean
+from .base import Algorithm, LocalOptimizer, LossSpec, Params, task_loss, weighted_mean
 from .routing import (
     MIXTURE_WEIGHT,
     ORACLE_OFF,
@@ -210,8 +210,11 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     optimizer = LocalOptimizer(lr=lr, lr_of=rates.of, weight_decay=weight_decay,
                                grad_transform=lora_preconditioner(precondition_eps) if precondition else None)
+    # Router noise and floor are outside the closed form the hand-batched kernels implement.
+    spec = LossSpec(ROUTER, rc.temperature, rc.entropy, precondition_eps if precondition else None) \
+        if rc.noise_std == 0 and rc.floor == 0 else None
     alg = Algorithm(name=name, model=model, task=task, **shared.functions, aggregate=aggregate,
-                    optimizer=optimizer, private_keys=("router.",))
+                    optimizer=optimizer, private_keys=("router.",), loss_spec=spec)
     alg.hparams.update(
         param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
         report=shared.report,

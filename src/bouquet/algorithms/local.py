@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import Algorithm, LocalOptimizer, add_prefix, model_params, prefixed, stack_for_clients, task_loss
+from .base import Algorithm, LocalOptimizer, LossSpec, add_prefix, model_params, prefixed, stack_for_clients, task_loss
 
 PRIVATE = "model."
 
@@ -36,5 +36,6 @@ def local(model: nn.Module, task: str, *, lr: float, weight_decay: float = 0.0) 
 
     alg = Algorithm(name="local", model=model, task=task, init=init, broadcast=broadcast, client_init=client_init,
                     loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
-                    optimizer=LocalOptimizer(lr=lr, weight_decay=weight_decay), private_keys=(PRIVATE,))
+                    optimizer=LocalOptimizer(lr=lr, weight_decay=weight_decay), private_keys=(PRIVATE,),
+                    loss_spec=LossSpec())
     return alg

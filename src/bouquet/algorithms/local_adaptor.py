@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch.func import functional_call
 
 from ..adapters import MixtureModel, param_role
-from .base import Algorithm, LocalOptimizer, add_prefix, prefixed, stack_for_clients, task_loss, weighted_mean
+from .base import Algorithm, LocalOptimizer, LossSpec, add_prefix, prefixed, stack_for_clients, task_loss, weighted_mean
 from .floral import LearningRates, lora_preconditioner
 from .server_opt import ServerOptimizer, server_sgd
 
@@ -62,7 +62,8 @@ def local_adaptor(model: MixtureModel, task: str, *, lr: float, lora_lr: float |
                                grad_transform=lora_preconditioner(precondition_eps) if precondition else None)
     alg = Algorithm(name=name, model=model, task=task, init=init, broadcast=broadcast, client_init=client_init,
                     loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
-                    optimizer=optimizer, private_keys=(PRIVATE,))
+                    optimizer=optimizer, private_keys=(PRIVATE,),
+                    loss_spec=LossSpec(precondition_eps=precondition_eps if precondition else None))
     alg.hparams["param_counts"] = {"adaptors": sum(v.numel() for v in adaptor0.values()),
                                    "uploaded": sum(v.numel() for v in base0.values())}
     return alg

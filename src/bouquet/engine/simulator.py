@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from ..algorithms.base import (
 from ..config import RobustConfig
 from ..data.federated import FederatedDataset
 from .batching import FINETUNE, TRAIN, SplitArrays, round_batches
+from .chain import chain_trainer
 from .evaluation import ClientScores, personalized_params, score_params, summarize
 from .robust import guard_uploads, robust_uploads
 from .training import train_sequential, train_vectorized
@@ -51,6 +53,7 @@ class RunSpec:
     finetune_lr: float | None = None
     device: str = "cpu"
     robust: RobustConfig | None = None  # upload screening, robust aggregation, simulated attack
+    hand_batched: bool = True  # chain models (MLPs) of algorithms with a loss_spec: engine/chain.py kernels
 
 
 @dataclass
@@ -90,6 +93,10 @@ class Simulator:
         self.test = SplitArrays.from_dataset(data, "test").to(self.device)
         self.clusters = data.clusters
         self.num_examples = data.train_sizes()
+        self.trainer = partial(train_vectorized, alg.loss, alg.optimizer)
+        if spec.hand_batched and alg.loss_spec is not None:
+            self.trainer = chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec,
+                                         fallback=self.trainer) or self.trainer
 
     # -- state ---------------------------------------------------------------------------------
     def init_state(self) -> SimState:
@@ -123,7 +130,7 @@ class Simulator:
         if spec.vectorized:
             trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
                 payload, private, batches)
-            trained, losses = train_vectorized(alg.loss, alg.optimizer, trainable, payload, private, batches)
+            trained, losses = self.trainer(trainable, payload, private, batches)
             extra = (batches,) if alg.final_batches else ()
             uploads, new_private = vmap(alg.client_final, in_dims=(0, None, 0, 0) + (0,) * len(extra))(
                 trained, payload, private, n, *extra)
