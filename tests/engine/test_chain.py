@@ -5,6 +5,7 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from bouquet.algorithms.ensemble import ensemble
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.algorithms.floral import RouterConfig, floral, wrap
 from bouquet.algorithms.local import local
@@ -66,6 +67,10 @@ BUILDS = {
     "floral_plain_sgd": lambda d, weight_decay: _floral(d, weight_decay, precondition=False),
     "local_adaptor": lambda d, weight_decay: local_adaptor(wrap(_mlp(d), 1, 2, adaptor_bias=True), d.task,
                                                            lr=0.1, lora_lr=0.2, weight_decay=weight_decay),
+    "ensemble": lambda d, weight_decay: ensemble(_mlp(d), d.task, 3, lr=0.1, router_lr=0.5, weight_decay=weight_decay,
+                                                 router=RouterConfig(temperature=0.7, entropy=0.02, init_std=1.0)),
+    "ensemble_optimal": lambda d, weight_decay: ensemble(_mlp(d), d.task, 2, lr=0.1, optimal_router=True,
+                                                         weight_decay=weight_decay),
     "fedavg": lambda d, weight_decay: fedavg(_mlp(d), d.task, lr=0.1, weight_decay=weight_decay),
     "local": lambda d, weight_decay: local(_mlp(d), d.task, lr=0.1, weight_decay=weight_decay),
 }

@@ -17,7 +17,7 @@ floor, inputs with extra dims) is not built or falls back to the generic trainer
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -85,18 +85,32 @@ def chain_trainer(model: nn.Module, task: str, optimizer: LocalOptimizer, spec: 
 
     ``spec`` is the algorithm's declaration of its loss: where a multi-adaptor model's pi comes from
     (single adaptors use pi = [1] without a router) and whether its ``grad_transform`` is the LoRA
-    preconditioner, which this trainer then applies itself. ``fallback`` runs batches the chain
-    cannot take (inputs that are not one vector per example).
+    preconditioner, which this trainer then applies itself. An Ensemble of plain chains (output
+    sum_c pi_c f_c(x)) runs its C members as C times more rows of the client dimension. ``fallback``
+    runs batches the chain cannot take (inputs that are not one vector per example).
     """
-    layers = parse_chain(model)
-    if layers is None or task not in ("classification", "regression"):
+    from ..algorithms.ensemble import MEMBERS, EnsembleModel  # the engine reads algorithm models, not vice versa
+
+    if task not in ("classification", "regression"):
         return None
-    if any(d.num > 1 for d in layers if isinstance(d, Dense)) and spec.logits is None:
-        return None
-    inner = model.model if isinstance(model, MixtureModel) else model
+    if isinstance(model, EnsembleModel):
+        if spec.logits is None:
+            return None
+        chains = [parse_chain(m) for m in model.members]
+        if any(c is None or c != chains[0] for c in chains) or any(
+                isinstance(d, Dense) and d.num for d in chains[0]):
+            return None  # members must be the same plain chain
+        net = _Net(chains[0], [f"{MEMBERS}{c}." for c in range(len(chains))])
+        inner = model.members[0]
+    else:
+        layers = parse_chain(model)
+        if layers is None:
+            return None
+        if any(d.num > 1 for d in layers if isinstance(d, Dense)) and spec.logits is None:
+            return None
+        net = _Net(layers, [""])
+        inner = model.model if isinstance(model, MixtureModel) else model
     flatten = isinstance(inner[0], nn.Flatten)
-    mixing = spec if spec.logits is not None else None
-    eps = spec.precondition_eps
 
     def train(trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
               batches: Batch) -> tuple[Params, Tensor]:
@@ -105,7 +119,7 @@ def chain_trainer(model: nn.Module, task: str, optimizer: LocalOptimizer, spec: 
             if fallback is None:
                 raise ValueError(f"chain trainer: expected inputs [K, S, B, in], got {tuple(x.shape)}")
             return fallback(trainable, shared, private, batches)
-        return _train(layers, task, optimizer, mixing, eps, trainable, shared, private, batches)
+        return _train(net, task, optimizer, spec, trainable, shared, private, batches)
 
     return train
 
@@ -114,35 +128,55 @@ def chain_trainer(model: nn.Module, task: str, optimizer: LocalOptimizer, spec: 
 # The round: working buffers, the step loop, and the layers' forward and backward.
 
 
+@dataclass(frozen=True)
+class _Net:
+    """The chain's layers (parameter names relative to a member) and the members' name prefixes."""
+
+    layers: list[Layer]
+    members: list[str]
+
+
 @dataclass
 class _Work:
-    """One Dense layer's working tensors for a round (adaptors in rank-concatenated layout)."""
+    """One Dense layer's working tensors for a round (adaptors in rank-concatenated layout).
+
+    The leading dim is clients x members (members = 1 but for an Ensemble); ``lr`` maps the fields
+    that are trained to their learning rate.
+    """
 
     layer: Dense
-    weight: Tensor  # [K, out, in]
-    bias: Tensor | None  # [K, out]
+    weight: Tensor  # [K*M, out, in]
+    bias: Tensor | None  # [K*M, out]
     a_cat: Tensor | None = None  # [K, C*r, in]
     b_cat: Tensor | None = None  # [K, out, C*r]
     lora_bias: Tensor | None = None  # [K, C, out]
+    lr: dict[str, float] = field(default_factory=dict)
     # saved by the forward for the backward
     h_in: Tensor | None = None
     u: Tensor | None = None
     s: Tensor | None = None
 
 
-def _train(layers: list[Layer], task: str, optimizer: LocalOptimizer, mixing: LossSpec | None,
-           eps: float | None, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
-           batches: Batch) -> tuple[Params, Tensor]:
-    names = list(trainable)
-    params = {k: trainable[k].detach().clone(memory_format=torch.contiguous_format) for k in names}
+_FIELDS = ("weight", "bias", "lora_A", "lora_B", "lora_bias")
+
+
+def _train(net: _Net, task: str, optimizer: LocalOptimizer, spec: LossSpec, trainable: Params,
+           shared: Mapping[str, Tensor], private: Mapping[str, Tensor], batches: Batch) -> tuple[Params, Tensor]:
+    params = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in trainable.items()}
+    members = net.members
 
     def lookup(name: str) -> Tensor:
-        if name in params:
-            return params[name]
-        return private[name] if name in private else shared[name]
+        if len(members) == 1:
+            full = members[0] + name
+            return params[full] if full in params else private[full] if full in private else shared[full]
+        # An Ensemble: the members' tensors side by side, [K, M, ...] seen as [K*M, ...] (a copy for the round).
+        return torch.stack([lookup_one(p + name) for p in members], dim=1).flatten(0, 1)
+
+    def lookup_one(full: str) -> Tensor:
+        return params[full] if full in params else private[full] if full in private else shared[full]
 
     works = []
-    for layer in layers:
+    for layer in net.layers:
         if not isinstance(layer, Dense):
             continue
         work = _Work(layer, lookup(layer.weight), lookup(layer.bias) if layer.bias else None)
@@ -152,11 +186,15 @@ def _train(layers: list[Layer], task: str, optimizer: LocalOptimizer, mixing: Lo
             work.a_cat = a.view(a.shape[0], layer.num * layer.rank, a.shape[-1])
             work.b_cat = b.permute(0, 2, 1, 3).reshape(b.shape[0], b.shape[2], layer.num * layer.rank)
             work.lora_bias = lookup(layer.lora_bias) if layer.lora_bias else None
+        for f in _FIELDS:
+            name = getattr(layer, f)
+            if name is not None and members[0] + name in params:
+                work.lr[f] = optimizer.rate(members[0] + name)
         works.append(work)
-    rate = {k: optimizer.rate(k) for k in names}
     wd = optimizer.weight_decay
-    logits = lookup(mixing.logits) if mixing is not None else None
-    train_router = mixing is not None and mixing.logits in params and rate[mixing.logits] != 0.0
+    mixing = spec if spec.logits is not None else None
+    logits = lookup_one(spec.logits) if mixing is not None else None
+    router_lr = optimizer.rate(spec.logits) if mixing is not None and spec.logits in params else 0.0
 
     w = batches["w"]
     num_clients, num_steps = w.shape[:2]
@@ -170,62 +208,73 @@ def _train(layers: list[Layer], task: str, optimizer: LocalOptimizer, mixing: Lo
         if width == 0:
             continue  # no client has a real row: nothing changes
         mask = active[:, s]
-        every = bool(mask.all())
         x = batches["x"][:, s, :width].reshape(num_clients, width, -1).to(dtype)
         batch = {"y": batches["y"][:, s, :width], "w": w[:, s, :width].to(dtype)}
-        value = _step(layers, works, task, mixing, eps, rate, wd, logits, train_router,
-                      None if every else mask, x, batch)
-        if train_router:
-            logits = value[1]
-        total += value[0] * mask
+        value, logits = _step(net, works, task, mixing, spec.precondition_eps, wd, logits, router_lr,
+                              None if bool(mask.all()) else mask, x, batch)
+        total += value * mask
     for work in works:
         layer = work.layer
-        if layer.num and layer.lora_B in params:
+        if layer.num and "lora_B" in work.lr:
             b = work.b_cat.view(num_clients, -1, layer.num, layer.rank).permute(0, 2, 1, 3)
             params[layer.lora_B] = b.contiguous()
-    if train_router:
-        params[mixing.logits] = logits
+        if len(members) > 1:  # back from the round's [K*M, ...] copies to each member's tensors
+            for f in work.lr:
+                t = getattr(work, f)
+                for c, p in enumerate(members):
+                    params[p + getattr(layer, f)] = t.view(num_clients, len(members), *t.shape[1:])[:, c].contiguous()
+    if router_lr:
+        params[spec.logits] = logits
     real_steps = active.sum(dim=1).clamp_min(1)
     return params, total / real_steps
 
 
-def _step(layers, works, task, mixing, eps, rate, wd, logits, train_router, mask, x, batch):
-    """One SGD step of every client; returns (loss per client, new logits or None)."""
+def _step(net: _Net, works, task, mixing, eps, wd, logits, router_lr, mask, x, batch):
+    """One SGD step of every client; returns (loss per client, logits after the step)."""
+    num_clients, num_members = x.shape[0], len(net.members)
     pi = None if mixing is None else torch.softmax(logits.to(x.dtype) / mixing.temperature, dim=-1)
-    h = x
+    layer_pi = pi if num_members == 1 else None  # an Ensemble mixes outputs, its members have no adaptors
+    h = x if num_members == 1 else x.unsqueeze(1).expand(-1, num_members, -1, -1).flatten(0, 1)
     relu_masks: list[Tensor | None] = []
     i = 0
-    for layer in layers:
+    for layer in net.layers:
         if layer == RELU:
             relu_masks[-1] = h > 0
             h = torch.relu(h)
             continue
-        h = _forward(works[i], pi, h)
+        h = _forward(works[i], layer_pi, h)
         relu_masks.append(None)
         i += 1
+    if num_members > 1:
+        outs = h.view(num_clients, num_members, *h.shape[1:])
+        h = torch.einsum("km,kmbo->kbo", pi, outs)
     value, g = _loss_grad(task, h, batch)
     gpi = torch.zeros_like(pi) if pi is not None else None
+    member_mask = mask
+    if num_members > 1:
+        gpi += torch.einsum("kbo,kmbo->km", g, outs)
+        g = (pi[:, :, None, None] * g[:, None]).flatten(0, 1)
+        member_mask = None if mask is None else mask.repeat_interleave(num_members)
     for j in range(len(works) - 1, -1, -1):
-        work = works[j]
         if relu_masks[j] is not None:
             g = g * relu_masks[j]
-        g = _backward(work, pi, g, gpi, mask, rate, wd, eps, need_input=j > 0)
-    new_logits = None
-    if mixing is not None:
-        if mixing.entropy:
-            log_pi = torch.log(pi.clamp_min(1e-30))
-            value = value + mixing.entropy * (pi * log_pi).sum(-1)  # - entropy * H(pi)
-        if train_router:
-            grad = pi * (gpi - (pi * gpi).sum(-1, keepdim=True)) / mixing.temperature
-            if mixing.entropy:
-                plogp = (pi * log_pi).sum(-1, keepdim=True)
-                grad = grad + (mixing.entropy / mixing.temperature) * pi * (log_pi - plogp)
-            if wd:
-                grad = grad + wd * logits
-            if mask is not None:
-                grad = grad * mask[:, None]
-            new_logits = logits - rate[mixing.logits] * grad
-    return value, new_logits
+        g = _backward(works[j], layer_pi, g, gpi, member_mask, wd, eps, need_input=j > 0)
+    if mixing is None:
+        return value, logits
+    if mixing.entropy:
+        log_pi = torch.log(pi.clamp_min(1e-30))
+        value = value + mixing.entropy * (pi * log_pi).sum(-1)  # - entropy * H(pi)
+    if not router_lr:
+        return value, logits
+    grad = pi * (gpi - (pi * gpi).sum(-1, keepdim=True)) / mixing.temperature
+    if mixing.entropy:
+        plogp = (pi * log_pi).sum(-1, keepdim=True)
+        grad = grad + (mixing.entropy / mixing.temperature) * pi * (log_pi - plogp)
+    if wd:
+        grad = grad + wd * logits
+    if mask is not None:
+        grad = grad * mask[:, None]
+    return value, logits - router_lr * grad
 
 
 def _rank_scale(pi: Tensor | None, layer: Dense, like: Tensor) -> Tensor:
@@ -276,19 +325,18 @@ def _sgd_(param: Tensor, grad: Tensor, lr: float, wd: float, mask: Tensor | None
     param.sub_(grad, alpha=lr)
 
 
-def _backward(work: _Work, pi, g, gpi, mask, rate, wd, eps, need_input: bool) -> Tensor | None:
+def _backward(work: _Work, pi, g, gpi, mask, wd, eps, need_input: bool) -> Tensor | None:
     """Gradients of one layer from the output gradient g [K, B, out]; updates its parameters in place.
 
     Returns the input gradient (for the layer below) computed with the pre-update parameters.
     """
-    layer = work.layer
+    layer, lr = work.layer, work.lr
     h, weight = work.h_in, work.weight
     g_in = torch.bmm(g, weight) if need_input else None
     gsum = g.sum(dim=1)  # [K, out]
     if layer.num:
         t = torch.bmm(g, work.b_cat)  # [K, B, C*r]: gradient of s, before alpha
-        scale = _rank_scale(pi, layer, h)
-        gu = t * (layer.alpha * scale)
+        gu = t * (layer.alpha * _rank_scale(pi, layer, h))
         if gpi is not None:
             k = g.shape[0]
             gpi += layer.alpha * (t * work.u).sum(dim=1).view(k, layer.num, layer.rank).sum(dim=-1)
@@ -296,28 +344,26 @@ def _backward(work: _Work, pi, g, gpi, mask, rate, wd, eps, need_input: bool) ->
                 gpi += layer.alpha * torch.bmm(work.lora_bias, gsum[:, :, None])[:, :, 0]
         if need_input:
             g_in.baddbmm_(gu, work.a_cat)
-        names = (layer.lora_A, layer.lora_B)
-        if names[0] in rate or names[1] in rate:
+        if "lora_A" in lr or "lora_B" in lr:
             grad_a = torch.bmm(gu.mT, h)  # [K, C*r, in]
             grad_b = torch.bmm(g.mT, work.s).mul_(layer.alpha)  # [K, out, C*r]
             if eps is not None:
                 grad_a, grad_b = _precondition(work, grad_a, grad_b, eps)
-            if names[0] in rate:
-                _sgd_(work.a_cat, grad_a, rate[names[0]], wd, mask)
-            if names[1] in rate:
-                _sgd_(work.b_cat, grad_b, rate[names[1]], wd, mask)
-        if work.lora_bias is not None and layer.lora_bias in rate:
+            if "lora_A" in lr:
+                _sgd_(work.a_cat, grad_a, lr["lora_A"], wd, mask)
+            if "lora_B" in lr:
+                _sgd_(work.b_cat, grad_b, lr["lora_B"], wd, mask)
+        if "lora_bias" in lr:
             mix = pi if pi is not None else torch.ones(g.shape[0], layer.num, dtype=g.dtype, device=g.device)
-            _sgd_(work.lora_bias, layer.alpha * mix[:, :, None] * gsum[:, None, :], rate[layer.lora_bias], wd, mask)
-    if layer.bias is not None and layer.bias in rate:
-        _sgd_(work.bias, gsum, rate[layer.bias], wd, mask)
-    if layer.weight in rate:
-        lr = rate[layer.weight]
+            _sgd_(work.lora_bias, layer.alpha * mix[:, :, None] * gsum[:, None, :], lr["lora_bias"], wd, mask)
+    if "bias" in lr:
+        _sgd_(work.bias, gsum, lr["bias"], wd, mask)
+    if "weight" in lr:
         if wd:
-            decay = 1.0 - lr * wd * (mask if mask is not None else torch.ones_like(gsum[:, 0]))
+            decay = 1.0 - lr["weight"] * wd * (mask if mask is not None else torch.ones_like(gsum[:, 0]))
             weight.mul_(decay.view(-1, 1, 1))
         gw = g if mask is None else g * mask.view(-1, 1, 1)
-        weight.baddbmm_(gw.mT, h, alpha=-lr)  # the fused update: W -= lr * g^T h, no gradient tensor
+        weight.baddbmm_(gw.mT, h, alpha=-lr["weight"])  # the fused update: W -= lr * g^T h, no gradient tensor
     return g_in
 
 
