@@ -118,6 +118,8 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     engine: str = "local"
     vectorized: bool = True
+    #: MLP chains of algorithms with a closed-form loss train by engine/chain.py kernels (false: vmap + autograd)
+    hand_batched: bool = True
     eval_chunk: int = 64
     shuffle: bool = True
     device: str = "cpu"

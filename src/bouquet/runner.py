@@ -56,7 +56,8 @@ def run_spec(exp: Experiment, alg: Algorithm, seed: int) -> RunSpec:
     r = exp.run
     return RunSpec(rounds=r.rounds, clients_per_round=r.clients_per_round, batch_size=r.batch_size,
                    local_epochs=r.local_epochs, local_steps=r.local_steps, eval_every=r.eval_every, seed=seed,
-                   vectorized=r.vectorized, eval_chunk=r.eval_chunk, shuffle=r.shuffle, device=r.device,
+                   vectorized=r.vectorized, hand_batched=r.hand_batched, eval_chunk=r.eval_chunk, shuffle=r.shuffle,
+                   device=r.device,
                    finetune_epochs=alg.hparams.get("finetune_epochs", 0),
                    finetune_lr=alg.hparams.get("finetune_lr"), robust=exp.robust)
 

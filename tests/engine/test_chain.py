@@ -166,3 +166,14 @@ def test_inputs_with_extra_dims_fall_back(digits):
                             fallback=lambda *args: calls.append(args) or ("fallback", None))
     batches = {"x": torch.randn(2, 1, 3, 5, 4), "y": torch.zeros(2, 1, 3, dtype=torch.long), "w": torch.ones(2, 1, 3)}
     assert trainer({}, {}, {}, batches)[0] == "fallback" and len(calls) == 1
+
+
+def test_run_hand_batched_switch_reaches_the_simulator():
+    """`run.hand_batched = false` in a config gives the vmap + autograd trainer (for A/B runs)."""
+    from bouquet.config import load_experiment
+    from bouquet.runner import run_spec
+
+    exp = load_experiment("configs/demo.toml", ["run.hand_batched=false"])
+    alg = fedavg(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "classification", lr=0.1)
+    assert run_spec(exp, alg, 0).hand_batched is False
+    assert run_spec(load_experiment("configs/demo.toml"), alg, 0).hand_batched is True
