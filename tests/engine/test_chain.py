@@ -1,5 +1,7 @@
 """The hand-batched chain trainer computes the same local SGD as the client-by-client reference."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -173,7 +175,8 @@ def test_run_hand_batched_switch_reaches_the_simulator():
     from bouquet.config import load_experiment
     from bouquet.runner import run_spec
 
-    exp = load_experiment("configs/demo.toml", ["run.hand_batched=false"])
+    demo = Path(__file__).resolve().parents[2] / "configs" / "demo.toml"
+    exp = load_experiment(demo, ["run.hand_batched=false"])
     alg = fedavg(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "classification", lr=0.1)
     assert run_spec(exp, alg, 0).hand_batched is False
-    assert run_spec(load_experiment("configs/demo.toml"), alg, 0).hand_batched is True
+    assert run_spec(load_experiment(demo), alg, 0).hand_batched is True
