@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .base import Algorithm, LocalOptimizer, task_loss
+from .base import Algorithm, LocalOptimizer, LossSpec, task_loss
 from .ensemble import independent_copies
 from .routing import router_report
 from .server_opt import ServerOptimizer, server_sgd
@@ -92,7 +92,7 @@ def ifca(model: nn.Module, task: str, num_models: int, *, lr: float, server_opt:
                     loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
                     optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: 0.0 if k == CHOICE else lr,
                                              weight_decay=weight_decay),
-                    private_keys=("ifca.",))
+                    private_keys=("ifca.",), loss_spec=LossSpec())
     one = sum(v[0].numel() for v in stacked0.values())
     alg.hparams.update(param_counts={"models": one * num_models, "uploaded": one + num_models},
                        report=router_report(lambda: seen.get("clusters"), key=CHOICE))
