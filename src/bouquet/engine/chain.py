@@ -165,15 +165,15 @@ def _train(net: _Net, task: str, optimizer: LocalOptimizer, spec: LossSpec, trai
     params = {k: v.detach().clone(memory_format=torch.contiguous_format) for k, v in trainable.items()}
     members = net.members
 
-    def lookup(name: str) -> Tensor:
-        if len(members) == 1:
-            full = members[0] + name
-            return params[full] if full in params else private[full] if full in private else shared[full]
-        # An Ensemble: the members' tensors side by side, [K, M, ...] seen as [K*M, ...] (a copy for the round).
-        return torch.stack([lookup_one(p + name) for p in members], dim=1).flatten(0, 1)
-
     def lookup_one(full: str) -> Tensor:
         return params[full] if full in params else private[full] if full in private else shared[full]
+
+    def lookup(name: str) -> Tensor:
+        if len(members) == 1:
+            return lookup_one(members[0] + name)  # the trainer's own buffer when trained: updated in place
+        # An Ensemble (plain members only): the members' tensors side by side, [K, M, ...] seen as [K*M, ...]
+        # (a copy for the round, written back at its end).
+        return torch.stack([lookup_one(p + name) for p in members], dim=1).flatten(0, 1)
 
     works = []
     for layer in net.layers:
