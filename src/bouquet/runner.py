@@ -145,7 +145,7 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
         "best": {k: best[k] for k in ("round", "mean", "std", "per_cluster")},
         "bytes_up": state.bytes_up, "bytes_down": state.bytes_down,
         "mb_per_round": (state.bytes_up + state.bytes_down) / max(state.round, 1) / 1e6,
-        "params": counts, "wall_seconds": wall,
+        "params": counts, "wall_seconds": wall, "local_training": sim.training_path,
         "rejected_updates": sum(len(r.get("rejected", [])) for r in records),
         "extra": report(state.server, state.clients) if (report := alg.hparams.get("report")) else {},
     }

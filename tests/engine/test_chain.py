@@ -130,8 +130,7 @@ def test_simulator_rounds_equal_with_and_without_kernels(digits):
     for hand in (True, False):
         alg = _floral(digits)
         sim = Simulator(alg, digits, RunSpec(rounds=3, clients_per_round=5, batch_size=8, hand_batched=hand))
-        assert (sim.trainer.func if hand is False else sim.trainer).__name__ == ("train" if hand else
-                                                                               "train_vectorized")
+        assert sim.training_path == ("chain kernels" if hand else "vmap + autograd")
         state = sim.init_state()
         for _ in range(3):
             state, _ = sim.run_round(state)
@@ -158,7 +157,7 @@ def test_noisy_router_keeps_the_generic_trainer(digits):
     alg = _floral(digits, router=RouterConfig(noise_std=1.0, floor=0.01))
     assert alg.loss_spec is None
     sim = Simulator(alg, digits, RunSpec(rounds=1, clients_per_round=2, batch_size=8))
-    assert sim.trainer.func.__name__ == "train_vectorized"
+    assert sim.training_path == "vmap + autograd"
 
 
 def test_inputs_with_extra_dims_fall_back(digits):

@@ -94,9 +94,12 @@ class Simulator:
         self.clusters = data.clusters
         self.num_examples = data.train_sizes()
         self.trainer = partial(train_vectorized, alg.loss, alg.optimizer)
-        if spec.hand_batched and alg.loss_spec is not None:
-            self.trainer = chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec,
-                                         fallback=self.trainer) or self.trainer
+        chain = chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec, fallback=self.trainer) \
+            if spec.hand_batched and alg.loss_spec is not None else None
+        self.trainer = chain or self.trainer
+        # Which local trainer runs (recorded in each run's summary): "chain kernels" may still hand
+        # batches it cannot take to the vmap trainer.
+        self.training_path = ("chain kernels" if chain else "vmap + autograd") if spec.vectorized else "sequential"
 
     # -- state ---------------------------------------------------------------------------------
     def init_state(self) -> SimState:
