@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
-from torch.func import vmap
 
 from bouquet.algorithms.ensemble import ensemble
 from bouquet.algorithms.fedavg import fedavg
@@ -14,7 +13,6 @@ from bouquet.algorithms.ifca import ifca
 from bouquet.algorithms.local import local
 from bouquet.algorithms.local_adaptor import local_adaptor
 from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.batching import SplitArrays, round_batches
 from bouquet.engine.chain import RELU, Dense, chain_trainer, parse_chain
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.engine.training import train_sequential
@@ -22,27 +20,8 @@ from bouquet.models import build_model
 
 
 @pytest.fixture(scope="module")
-def digits():
-    # Dirichlet sizes: clients have different numbers of local steps, so some steps are all padding.
-    return build_dataset(DataSpec(name="digits", num_clients=10, num_clusters=2, shift="label_shift",
-                                  partition="dirichlet", alpha=0.5, seed=2))
-
-
-@pytest.fixture(scope="module")
 def regression():
     return build_dataset(DataSpec(name="synthetic_mlp", num_clients=6, num_clusters=2, seed=1))
-
-
-def _round(data, alg, batch_size=8):
-    arrays = SplitArrays.from_dataset(data, "train")
-    ids = torch.arange(data.num_clients)
-    index, weight = round_batches(arrays, ids, seed=0, round_idx=1, batch_size=batch_size)
-    batches = arrays.gather(index, weight)
-    server, clients = alg.init(torch.Generator().manual_seed(0), data.clusters)
-    payload = alg.broadcast(server)
-    private = {k: v[ids] for k, v in clients.items()}
-    trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(payload, private, batches)
-    return trainable, payload, private, batches
 
 
 def _mlp(data, hidden=16):
@@ -80,8 +59,8 @@ BUILDS = {
 }
 
 
-def _check_equal(alg, data):
-    trainable, payload, private, batches = _round(data, alg)
+def _check_equal(alg, data, first_round):
+    trainable, payload, private, batches = first_round(data, alg)
     trainer = chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec)
     assert trainer is not None
     got, got_loss = trainer(trainable, payload, private, batches)
@@ -96,40 +75,41 @@ def _check_equal(alg, data):
 
 @pytest.mark.parametrize("name", sorted(BUILDS))
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_chain_trainer_equals_sequential(digits, name, weight_decay):
+def test_chain_trainer_equals_sequential(padded_digits, first_round, name, weight_decay):
     """Forward, backward, preconditioning, router, weight decay and padding steps match the reference."""
-    alg = BUILDS[name](digits, weight_decay=weight_decay)
-    steps = _round(digits, alg)[3]["w"].sum(dim=2).gt(0).sum(dim=1)
+    alg = BUILDS[name](padded_digits, weight_decay=weight_decay)
+    steps = first_round(padded_digits, alg)[3]["w"].sum(dim=2).gt(0).sum(dim=1)
     assert steps.min() < steps.max()  # some clients really have padding steps
-    trainable, got = _check_equal(alg, digits)
+    trainable, got = _check_equal(alg, padded_digits, first_round)
     trained = [k for k in got if alg.optimizer.rate(k) != 0]
     assert trained and all(not torch.equal(got[k], trainable[k]) for k in trained)  # every one was trained
 
 
-def test_chain_trainer_regression(regression):
+def test_chain_trainer_regression(regression, first_round):
     """Squared-error loss (FLoRAL's synthetic_mlp) matches too."""
     torch.manual_seed(0)
     model = wrap(build_model("mlp", regression.input_shape, regression.num_outputs, hidden=20), 2, 1,
                  adaptor_bias=True)
     alg = floral(model, regression.task, lr=0.03, router_lr=0.1, router=RouterConfig(init_std=1.0))
-    _check_equal(alg, regression)
+    _check_equal(alg, regression, first_round)
 
 
-def test_chain_trainer_leaves_inputs_untouched(digits):
-    alg = _floral(digits)
-    trainable, payload, private, batches = _round(digits, alg)
+def test_chain_trainer_leaves_inputs_untouched(padded_digits, first_round):
+    alg = _floral(padded_digits)
+    trainable, payload, private, batches = first_round(padded_digits, alg)
     before = {k: v.clone() for k, v in {**trainable, **payload, **private}.items()}
     chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec)(trainable, payload, private, batches)
     for k, v in {**trainable, **payload, **private}.items():
         assert torch.equal(v, before[k]), k
 
 
-def test_simulator_rounds_equal_with_and_without_kernels(digits):
+def test_simulator_rounds_equal_with_and_without_kernels(padded_digits):
     """Whole rounds (training, aggregation, router state) agree between the kernels and vmap + autograd."""
     runs = []
     for hand in (True, False):
-        alg = _floral(digits)
-        sim = Simulator(alg, digits, RunSpec(rounds=3, clients_per_round=5, batch_size=8, hand_batched=hand))
+        alg = _floral(padded_digits)
+        spec = RunSpec(rounds=3, clients_per_round=5, batch_size=8, hand_batched=hand)
+        sim = Simulator(alg, padded_digits, spec)
         assert sim.training_path == ("chain kernels" if hand else "vmap + autograd")
         state = sim.init_state()
         for _ in range(3):
@@ -142,25 +122,25 @@ def test_simulator_rounds_equal_with_and_without_kernels(digits):
     assert acc_a == pytest.approx(acc_b, abs=1e-6)
 
 
-def test_parse_chain_layers_and_unsupported_models(digits):
-    layers = parse_chain(wrap(_mlp(digits), 3, 2, adaptor_bias=True))
+def test_parse_chain_layers_and_unsupported_models(padded_digits):
+    layers = parse_chain(wrap(_mlp(padded_digits), 3, 2, adaptor_bias=True))
     assert [type(x).__name__ if isinstance(x, Dense) else x for x in layers] == ["Dense", RELU, "Dense"]
     assert layers[0].weight == "model.1.base.weight" and layers[0].num == 3 and layers[0].rank == 2
-    assert parse_chain(_mlp(digits))[2].weight == "3.weight"
+    assert parse_chain(_mlp(padded_digits))[2].weight == "3.weight"
     assert parse_chain(build_model("cifar_cnn", (3, 32, 32), 10)) is None  # convolutions: generic trainer
     assert parse_chain(nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))) is None
     assert parse_chain(nn.Sequential(nn.ReLU(), nn.Linear(4, 2))) is None
 
 
-def test_noisy_router_keeps_the_generic_trainer(digits):
+def test_noisy_router_keeps_the_generic_trainer(padded_digits):
     """Router noise and floor are not in the kernels' closed form: no loss_spec, so vmap + autograd runs."""
-    alg = _floral(digits, router=RouterConfig(noise_std=1.0, floor=0.01))
+    alg = _floral(padded_digits, router=RouterConfig(noise_std=1.0, floor=0.01))
     assert alg.loss_spec is None
-    sim = Simulator(alg, digits, RunSpec(rounds=1, clients_per_round=2, batch_size=8))
+    sim = Simulator(alg, padded_digits, RunSpec(rounds=1, clients_per_round=2, batch_size=8))
     assert sim.training_path == "vmap + autograd"
 
 
-def test_inputs_with_extra_dims_fall_back(digits):
+def test_inputs_with_extra_dims_fall_back(padded_digits):
     """A chain without Flatten fed [K, S, B, T, in] inputs hands the batches to the fallback trainer."""
     model = nn.Sequential(nn.Linear(4, 3))
     alg = fedavg(model, "classification", lr=0.1)

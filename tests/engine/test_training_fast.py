@@ -7,18 +7,9 @@ from torch.func import grad, vmap
 
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.algorithms.floral import floral, wrap
-from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.batching import SplitArrays, round_batches
 from bouquet.engine.fast import FastLinear, fast_linear
 from bouquet.engine.training import train_sequential, train_vectorized
 from bouquet.models import build_model
-
-
-@pytest.fixture(scope="module")
-def digits():
-    # Dirichlet sizes: clients have different numbers of local steps, so some steps are all padding.
-    return build_dataset(DataSpec(name="digits", num_clients=10, num_clusters=2, shift="label_shift",
-                                  partition="dirichlet", alpha=0.5, seed=2))
 
 
 def test_fast_linear_values_and_grads_match_linear():
@@ -59,18 +50,6 @@ def test_fast_linear_under_vmap_and_grad_with_per_client_weights():
     assert "FastLinear" not in type(F.linear(x[0], leaf).grad_fn).__name__  # the mode ends with its block
 
 
-def _round(data, alg, batch_size=8, steps=None):
-    arrays = SplitArrays.from_dataset(data, "train")
-    ids = torch.arange(data.num_clients)
-    index, weight = round_batches(arrays, ids, seed=0, round_idx=1, batch_size=batch_size, steps=steps)
-    batches = arrays.gather(index, weight)
-    server, clients = alg.init(torch.Generator().manual_seed(0), data.clusters)
-    payload = alg.broadcast(server)
-    private = {k: v[ids] for k, v in clients.items()}
-    trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(payload, private, batches)
-    return trainable, payload, private, batches
-
-
 def _floral(data, **kw):
     torch.manual_seed(0)
     model = wrap(build_model("mlp", data.input_shape, data.num_outputs, hidden=16), 3, 2, adaptor_bias=True)
@@ -84,10 +63,10 @@ def _fedavg(data, **kw):
 
 @pytest.mark.parametrize("build", [_floral, _fedavg])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_vectorized_equals_sequential(digits, build, weight_decay):
+def test_vectorized_equals_sequential(padded_digits, first_round, build, weight_decay):
     """Batched autograd, in-place updates and padding steps give the client loop's parameters and losses."""
-    alg = build(digits, weight_decay=weight_decay)
-    trainable, payload, private, batches = _round(digits, alg)
+    alg = build(padded_digits, weight_decay=weight_decay)
+    trainable, payload, private, batches = first_round(padded_digits, alg)
     steps = (batches["w"].sum(dim=2) > 0).sum(dim=1)
     assert steps.min() < steps.max()  # some clients really have padding steps
     got, got_loss = train_vectorized(alg.loss, alg.optimizer, trainable, payload, private, batches)
@@ -99,10 +78,10 @@ def test_vectorized_equals_sequential(digits, build, weight_decay):
     torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-6)
 
 
-def test_vectorized_leaves_inputs_untouched(digits):
+def test_vectorized_leaves_inputs_untouched(padded_digits, first_round):
     """In-place updates act on the trainer's own buffers, never on the caller's tensors."""
-    alg = _floral(digits)
-    trainable, payload, private, batches = _round(digits, alg, steps=3)
+    alg = _floral(padded_digits)
+    trainable, payload, private, batches = first_round(padded_digits, alg, steps=3)
     before = {k: v.clone() for k, v in trainable.items()}
     payload_before = {k: v.clone() for k, v in payload.items()}
     train_vectorized(alg.loss, alg.optimizer, trainable, payload, private, batches)
