@@ -12,7 +12,7 @@ import copy
 from torch import Tensor, nn
 
 from ..adapters import Router
-from .base import Algorithm, LocalOptimizer, LossSpec
+from .base import Algorithm, LocalOptimizer
 from .floral import RouterConfig, routed_functions
 from .routing import MIXTURE_WEIGHT, ROUTER, component_weights, routed_mean
 from .server_opt import ServerOptimizer, server_sgd
@@ -86,8 +86,7 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
                     optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: shared.router_rate if k == ROUTER else lr,
                                              weight_decay=weight_decay),
                     private_keys=("router.",),
-                    loss_spec=LossSpec(ROUTER, rc.temperature, rc.entropy)
-                    if rc.noise_std == 0 and rc.floor == 0 else None)
+                    loss_spec=rc.loss_spec())
     total = sum(v.numel() for v in init_params.values())
     alg.hparams.update(param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
                        report=shared.report, optimal_router=optimal_router)

@@ -46,6 +46,13 @@ class RouterConfig:
     steps: int = 0  # ours: router-only SGD steps (at the router's learning rate) before local training
     select: str = "gradient"  # ours, "loss": each visit pick the component of lowest training loss (IFCA-style)
 
+    def loss_spec(self, precondition_eps: float | None = None) -> LossSpec | None:
+        """The routed loss in closed form for the engine's kernels; None with router noise or a floor,
+        which are outside that form (the engine then differentiates ``loss`` itself)."""
+        if self.noise_std or self.floor:
+            return None
+        return LossSpec(ROUTER, self.temperature, self.entropy, precondition_eps)
+
 
 @dataclass(frozen=True)
 class LearningRates:
@@ -210,11 +217,9 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     optimizer = LocalOptimizer(lr=lr, lr_of=rates.of, weight_decay=weight_decay,
                                grad_transform=lora_preconditioner(precondition_eps) if precondition else None)
-    # Router noise and floor are outside the closed form the hand-batched kernels implement.
-    spec = LossSpec(ROUTER, rc.temperature, rc.entropy, precondition_eps if precondition else None) \
-        if rc.noise_std == 0 and rc.floor == 0 else None
     alg = Algorithm(name=name, model=model, task=task, **shared.functions, aggregate=aggregate,
-                    optimizer=optimizer, private_keys=("router.",), loss_spec=spec)
+                    optimizer=optimizer, private_keys=("router.",),
+                    loss_spec=rc.loss_spec(precondition_eps if precondition else None))
     alg.hparams.update(
         param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
         report=shared.report,

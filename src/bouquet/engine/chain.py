@@ -153,6 +153,7 @@ class _Work:
     lr: dict[str, float] = field(default_factory=dict)
     # saved by the forward for the backward
     h_in: Tensor | None = None
+    scale: Tensor | None = None  # pi per rank channel, [K, 1, C*r]
     u: Tensor | None = None
     s: Tensor | None = None
 
@@ -294,8 +295,9 @@ def _forward(work: _Work, pi: Tensor | None, h: Tensor) -> Tensor:
         bias = layer.alpha * mixed if bias is None else bias + layer.alpha * mixed
     z = torch.bmm(h, work.weight.mT) if bias is None else torch.baddbmm(bias[:, None, :], h, work.weight.mT)
     if layer.num:
+        work.scale = _rank_scale(pi, layer, h)
         work.u = torch.bmm(h, work.a_cat.mT)  # [K, B, C*r]
-        work.s = work.u * _rank_scale(pi, layer, h)
+        work.s = work.u * work.scale
         z.baddbmm_(work.s, work.b_cat.mT, alpha=layer.alpha)
     return z
 
@@ -336,7 +338,7 @@ def _backward(work: _Work, pi, g, gpi, mask, wd, eps, need_input: bool) -> Tenso
     gsum = g.sum(dim=1)  # [K, out]
     if layer.num:
         t = torch.bmm(g, work.b_cat)  # [K, B, C*r]: gradient of s, before alpha
-        gu = t * (layer.alpha * _rank_scale(pi, layer, h))
+        gu = t * (layer.alpha * work.scale)
         if gpi is not None:
             k = g.shape[0]
             gpi += layer.alpha * (t * work.u).sum(dim=1).view(k, layer.num, layer.rank).sum(dim=-1)
