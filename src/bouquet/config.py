@@ -117,7 +117,9 @@ class RunConfig:
     eval_every: int = 10
     seeds: list[int] = field(default_factory=lambda: [0])
     engine: str = "local"
-    vectorized: bool = True
+    #: all clients of a round in one vmapped step (true), one after another (false), or "auto": one after
+    #: another for models with convolutions on CPU, where vmap's grouped convs are slower, vmapped otherwise
+    vectorized: bool | str = "auto"
     #: MLP chains of algorithms with a closed-form loss train by engine/chain.py kernels (false: vmap + autograd)
     hand_batched: bool = True
     eval_chunk: int = 64
@@ -133,6 +135,8 @@ class RunConfig:
         require(self.local_steps is None or self.local_steps >= 1, f"{s}.local_steps", "none or >= 1",
                 self.local_steps)
         require(len(self.seeds) >= 1, f"{s}.seeds", "a non-empty list of integers", self.seeds)
+        require(self.vectorized in (True, False, "auto"), f"{s}.vectorized", "true, false or 'auto'",
+                self.vectorized)
         require(self.engine in ("local", "flower-sim", "flower"), f"{s}.engine",
                 "'local', 'flower-sim' or 'flower'", self.engine)
         require(self.device == "cpu" or self.device.startswith("cuda"), f"{s}.device", "'cpu' or 'cuda[:N]'",

@@ -106,19 +106,39 @@ def test_conv_variant_kernels():
     assert MixtureConv2d(nn.Conv2d(32, 64, 3), 1, 0.1, paper_conv_rank_bug=True).rank == 4
 
 
-def test_conv_mixture_matches_per_adaptor_loop():
+CONV_GEOMETRIES = [  # (kernel, stride, padding, dilation)
+    (3, 2, 1, 1),
+    ((3, 5), 1, 0, 1),
+    ((5, 3), (2, 1), (2, 1), 1),
+    ((3, 5), 1, "same", (2, 1)),
+    (3, 1, "valid", 2),
+]
+
+
+@pytest.mark.parametrize("variant", CONV_VARIANTS)
+@pytest.mark.parametrize("geometry", CONV_GEOMETRIES)
+def test_conv_folded_kernel_equals_conv_pair_loop(variant, geometry):
+    """The layer folds the C ConvLoRAs into one kernel; output and gradients equal the per-adaptor conv pairs."""
+    kernel, stride, padding, dilation = geometry
     torch.manual_seed(0)
-    layer = randomize_(MixtureConv2d(nn.Conv2d(3, 5, 3, stride=2, padding=1), 3, 2, adaptor_bias=True))
-    x = torch.randn(2, 3, 9, 9)
-    pi = torch.tensor([0.5, 0.2, 0.3])
+    base = nn.Conv2d(3, 5, kernel, stride=stride, padding=padding, dilation=dilation).double()
+    layer = randomize_(MixtureConv2d(base, 3, 2, alpha=0.5, adaptor_bias=True, variant=variant))
+    x = torch.randn(2, 3, 11, 12, dtype=torch.float64)
+    pi = torch.tensor([0.5, 0.2, 0.3], dtype=torch.float64, requires_grad=True)
     with layer.context.use(pi):
         out = layer(x)
     manual = layer.base(x)
     for c in range(3):
         h = nn.functional.conv2d(x, layer.lora_A[c], None, **layer.split.opts_a)
-        manual = manual + pi[c] * (nn.functional.conv2d(h, layer.lora_B[c], None, **layer.split.opts_b)
-                                   + layer.lora_bias[c][:, None, None])
+        manual = manual + 0.5 * pi[c] * (nn.functional.conv2d(h, layer.lora_B[c], None, **layer.split.opts_b)
+                                         + layer.lora_bias[c][:, None, None])
     torch.testing.assert_close(out, manual)
+    weights = torch.randn_like(out)
+    params = [layer.lora_A, layer.lora_B, layer.lora_bias, base.weight, pi]
+    got = torch.autograd.grad((out * weights).sum(), params)
+    want = torch.autograd.grad((manual * weights).sum(), params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
 
 
 def test_conv_rejects_groups():

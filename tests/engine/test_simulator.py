@@ -5,9 +5,11 @@ import torch
 
 from bouquet.algorithms.base import payload_nbytes
 from bouquet.algorithms.fedavg import fedavg
+from bouquet.algorithms.floral import floral, wrap
 from bouquet.algorithms.local import local
+from bouquet.algorithms.routing import ROUTER
 from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.simulator import RunSpec, Simulator
+from bouquet.engine.simulator import RunSpec, Simulator, resolve_vectorized
 from bouquet.models import build_model
 
 
@@ -133,3 +135,36 @@ def test_nan_update_is_dropped_and_reported(digits):
     assert rec["clients"].index(0) in rec["rejected"]
     for v in state.server["params"].values():
         assert torch.isfinite(v).all()
+
+
+def _conv_net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 8 * 8, 10))
+
+
+def test_auto_vectorization_loops_over_clients_for_conv_models_on_cpu():
+    mlp = build_model("mlp", (1, 8, 8), 10, hidden=8)
+    assert resolve_vectorized("auto", mlp, "cpu") is True
+    assert resolve_vectorized("auto", _conv_net(), "cpu") is False
+    assert resolve_vectorized("auto", _conv_net(), "cuda:0") is True
+    assert resolve_vectorized(True, _conv_net(), "cpu") is True
+    assert resolve_vectorized(False, mlp, "cpu") is False
+
+
+def test_floral_convlora_vectorized_equals_sequential():
+    """The path "auto" picks for CNNs on CPU (the client loop) trains ConvLoRA mixtures exactly as vmap does."""
+    data = build_dataset(DataSpec(name="digits", num_clients=8, num_clusters=2, shift="rotate", seed=2))
+    results = []
+    for vec in (True, False):
+        torch.manual_seed(0)
+        alg = floral(wrap(_conv_net(), 2, 1), data.task, lr=0.1, router_lr=0.3)
+        sim = Simulator(alg, data, RunSpec(rounds=2, clients_per_round=4, batch_size=16, vectorized=vec, seed=1))
+        state, recs = _run(sim, 2)
+        results.append((state, recs, sim.evaluate(state)))
+    (s1, r1, e1), (s2, r2, e2) = results
+    for a, b in zip(r1, r2, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5, abs=1e-6)
+    for k, v in s1.server["params"].items():
+        torch.testing.assert_close(v, s2.server["params"][k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(s1.clients[ROUTER], s2.clients[ROUTER], rtol=1e-4, atol=1e-5)
+    assert e1["mean"] == pytest.approx(e2["mean"], abs=1e-6)

@@ -5,7 +5,7 @@ Parameter names inside a `MixtureModel`: `model.<path>.base.<weight|bias>` (the 
 `lora_weight` / `lora_bias`) and `router.logits`; `param_role(name)` classifies them.
 """
 
-from .functional import conv_rank_dims, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
+from .functional import conv_delta_kernel, conv_rank_dims, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
 from .inject import (
     adaptor_parameter_count,
     freeze_base,
@@ -15,7 +15,7 @@ from .inject import (
     split_params,
 )
 from .layers import CONV_VARIANTS, ConvSplit, MixtureConv2d, MixtureLinear, MixtureNorm, split_conv
-from .merge import conv_delta_kernel, load_merged, lora_delta_weight, merge_lora_models
+from .merge import load_merged, lora_delta_weight, merge_lora_models
 from .mixture import MixtureContext, MixtureModel, Router, mixture_weights
 from .precondition import precondition_conv, precondition_linear, precondition_lora_grads
 

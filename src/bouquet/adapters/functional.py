@@ -60,6 +60,32 @@ def mixture_conv2d_delta(
     return out if bias is None else out + bias[:, None, None]
 
 
+def conv_delta_kernel(lora_A: Tensor, lora_B: Tensor) -> Tensor:
+    """Dense kernel [out, in, kh, kw] of the conv pair B o A, for A [r, in, ka_h, ka_w], B [out, r, kb_h, kb_w].
+
+    Valid for every ConvLoRA variant: on each axis only one factor has a kernel longer than 1 and
+    carries that axis's stride/padding/dilation, so B o A equals one conv with the base's options.
+    """
+    (_, _, ah, aw), (_, _, bh, bw) = lora_A.shape, lora_B.shape
+    if min(ah, bh) > 1 or min(aw, bw) > 1:
+        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
+    full = torch.einsum("orhw,rixy->oihxwy", lora_B, lora_A)
+    return full.reshape(lora_B.shape[0], lora_A.shape[1], ah * bh, aw * bw)
+
+
+def mixture_conv2d_kernel(lora_A: Tensor, lora_B: Tensor, pi: Tensor) -> Tensor:
+    """sum_c pi_c B_c o A_c as one dense kernel [out, in, kh, kw] (A [C, r, ...], B [C, out, r, ...]).
+
+    Folding the C*r ranks into the kernel costs out*in*kh*kw*C*r multiply-adds per step, against
+    N*H*W times that for the conv pair of `mixture_conv2d_delta`: the layer then runs one conv,
+    as cheap as the base alone, and gives the same output.
+    """
+    num, rank = lora_A.shape[:2]
+    a_cat = lora_A.reshape(num * rank, *lora_A.shape[2:]) * rank_scale(pi, rank)[:, None, None, None]
+    b_cat = lora_B.transpose(0, 1).reshape(lora_B.shape[1], num * rank, *lora_B.shape[3:])
+    return conv_delta_kernel(a_cat, b_cat)
+
+
 @torch.no_grad()
 def init_lora_(lora_A: Tensor, lora_B: Tensor, lora_bias: Tensor | None, fan_in: int, bias_fan_in: int,
                init_bias: str = "zeros") -> None:

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import conv_rank_dims, init_lora_, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
+from .functional import (
+    conv_rank_dims,
+    init_lora_,
+    mixed_bias,
+    mixture_conv2d_kernel,
+    mixture_linear_delta,
+    resolve_rank,
+)
 from .mixture import MixtureContext, current_pi
 
 CONV_VARIANTS = ("balanced_2d", "balanced", "in", "out")
@@ -149,11 +156,18 @@ class MixtureConv2d(nn.Module):
         init_lora_(self.lora_A, self.lora_B, self.lora_bias, d_in, bias_fan_in, init_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Base output plus the pi-weighted ConvLoRA outputs (one conv pair for all C adaptors)."""
+        """One conv with the base kernel plus the pi-weighted ConvLoRA kernels folded in.
+
+        Equal to base(x) + alpha * mixture_conv2d_delta(...) (the conv pair), at the cost of the base conv.
+        """
         pi = current_pi(self.context, self.num_adaptors, x)
-        delta = mixture_conv2d_delta(x, self.lora_A, self.lora_B, pi, self.lora_bias,
-                                     self.split.opts_a, self.split.opts_b)
-        return self.base(x) + self.alpha * delta
+        b = self.base
+        weight = b.weight + self.alpha * mixture_conv2d_kernel(self.lora_A, self.lora_B, pi)
+        bias = b.bias
+        if self.lora_bias is not None:
+            extra = self.alpha * mixed_bias(pi, self.lora_bias)
+            bias = extra if bias is None else bias + extra
+        return F.conv2d(x, weight, bias, b.stride, b.padding, b.dilation, b.groups)
 
     def extra_repr(self) -> str:
         return (f"num_adaptors={self.num_adaptors}, rank={self.rank}, alpha={self.alpha}, "

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
+from .functional import conv_delta_kernel
 from .layers import MixtureConv2d, MixtureLinear
 
 
@@ -15,19 +16,6 @@ def _single(t: Tensor, name: str) -> Tensor:
     if t.shape[0] != 1:
         raise ValueError(f"{name} has {t.shape[0]} adaptors; delta-W helpers need C = 1")
     return t[0]
-
-
-def conv_delta_kernel(lora_A: Tensor, lora_B: Tensor) -> Tensor:
-    """Dense kernel [out, in, kh, kw] of the conv pair B o A (one adaptor, no C dim).
-
-    Valid for every ConvLoRA variant: on each axis only one factor has a kernel longer than 1 and
-    carries that axis's stride/padding/dilation, so B o A equals one conv with the base's options.
-    """
-    (_, _, ah, aw), (_, _, bh, bw) = lora_A.shape, lora_B.shape
-    if min(ah, bh) > 1 or min(aw, bw) > 1:
-        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
-    full = torch.einsum("orhw,rixy->oihxwy", lora_B, lora_A)
-    return full.reshape(lora_B.shape[0], lora_A.shape[1], ah * bh, aw * bw)
 
 
 def lora_delta_weight(layer_or_factors: nn.Module | tuple[Tensor, ...]) -> Tensor:

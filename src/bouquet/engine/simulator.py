@@ -13,7 +13,7 @@ from functools import partial
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import vmap
 
 from ..algorithms.base import (
@@ -54,6 +54,18 @@ class RunSpec:
     device: str = "cpu"
     robust: RobustConfig | None = None  # upload screening, robust aggregation, simulated attack
     hand_batched: bool = True  # chain models (MLPs) of algorithms with a loss_spec: engine/chain.py kernels
+
+
+def resolve_vectorized(setting: bool | str, model: nn.Module, device: str) -> bool:
+    """`run.vectorized` to a bool: "auto" runs clients one by one for conv models on CPU, vmapped otherwise.
+
+    On CPU, vmap turns each client's convolution into one grouped convolution, which measured 1.5-2x
+    slower than a loop over clients for FLoRAL's CNN (benchmarks/RESULTS.md); dense layers batch well.
+    """
+    if setting != "auto":
+        return bool(setting)
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return not (has_conv and torch.device(device).type == "cpu")
 
 
 @dataclass
