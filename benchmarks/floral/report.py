@@ -1,7 +1,8 @@
 """Tables for RESULTS.md from the grid's run directories (benchmarks/floral/out/<task>/<algorithm>/seed<k>/).
 
-Per (task, algorithm): last-round score mean (std) over the seeds found, parameter overhead, MB per
-round, router ARI (argmax router vs true cluster; IFCA: its cluster choice) and mean wall time.
+Per (task, algorithm): last-round score and best evaluation (the best of the run's evaluation rounds),
+each mean (std) over the seeds found, parameter overhead, MB per round, router ARI (argmax router vs
+true cluster; IFCA: its cluster choice) and mean wall time.
 
     python benchmarks/floral/report.py [--tasks synthetic_linear,mnist5k_rotate]
 """
@@ -94,16 +95,17 @@ def table(task: str) -> str:
         scale, digits = (100.0, 1) if metric == "accuracy" else (1.0, 4)
         aris = [r["extra"]["router_ari"] for r in runs if "router_ari" in r.get("extra", {})]
         p = runs[0]["params"]
-        rows.append("| {} | {} | {} | {} | {} | {:+.1f}% | {:.3f} | {} | {:.0f} |".format(
+        rows.append("| {} | {} | {} | {} | {} | {} | {:+.1f}% | {:.3f} | {} | {:.0f} |".format(
             label(alg), fmt([r["last"]["mean"] for r in runs], scale, digits),
+            fmt([r["best"]["mean"] for r in runs], scale, digits),
             PAPER.get(task, {}).get(alg.split("@")[0], "-"), len(runs),
             ", ".join(str(r["seed"]) for r in runs), 100 * p["overhead"], runs[0]["mb_per_round"],
             fmt(aris, 1.0, 2) if aris else "-", statistics.fmean(r["wall_seconds"] for r in runs)))
     if not rows:
         return ""
     metric = "test MSE" if load(task, "fedavg") and load(task, "fedavg")[0]["metric"] == "mse" else "accuracy %"
-    head = (f"### {task}\n\n| method | {metric}, mean (std) | paper | seeds | which | param overhead | MB/round | "
-            "router ARI | s/run |\n|---|---|---|---|---|---|---|---|---|")
+    head = (f"### {task}\n\n| method | {metric}, last round, mean (std) | best evaluation | paper | seeds | which | "
+            "param overhead | MB/round | router ARI | s/run |\n|---|---|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows) + "\n"
 
 
