@@ -28,6 +28,9 @@ def local_adaptor(model: MixtureModel, task: str, *, lr: float, lora_lr: float |
     params0 = {k: v.detach().clone() for k, v in model.named_parameters() if param_role(k) != "router"}
     base0 = {k: v for k, v in params0.items() if param_role(k) == "base"}
     adaptor0 = {k: v for k, v in params0.items() if param_role(k) == "adaptor"}
+    # The single adaptor's router is the constant pi = [1]; passing its logits explicitly keeps the template's
+    # own (grad-requiring) parameter out of the loss, which would otherwise chain every step's graph.
+    router0 = {k: v.detach().clone() for k, v in model.named_parameters() if param_role(k) == "router"}
     rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0)
 
     def init(gen, clusters):
@@ -42,7 +45,7 @@ def local_adaptor(model: MixtureModel, task: str, *, lr: float, lora_lr: float |
         return {**payload, **prefixed(client_state, PRIVATE)}
 
     def loss(trainable, payload, client_state, batch):
-        out = functional_call(model, trainable, (batch["x"],), strict=False)
+        out = functional_call(model, {**router0, **trainable}, (batch["x"],), strict=False)
         return task_loss(out, batch["y"], batch["w"], task)
 
     def client_final(trainable, payload, client_state, num_examples):
