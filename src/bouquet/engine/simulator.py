@@ -59,7 +59,7 @@ class RunSpec:
 def resolve_vectorized(setting: bool | str, model: nn.Module, device: str) -> bool:
     """`run.vectorized` to a bool: "auto" runs clients one by one for conv models on CPU, vmapped otherwise.
 
-    On CPU, vmap turns each client's convolution into one grouped convolution, which measured 1.5-2x
+    On CPU, vmap turns each client's convolution into one grouped convolution, which measured 1.2-2.4x
     slower than a loop over clients for FLoRAL's CNN (benchmarks/RESULTS.md); dense layers batch well.
     """
     if setting != "auto":
