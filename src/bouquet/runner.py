@@ -27,7 +27,7 @@ from .data import build_dataset
 from .data.federated import FederatedDataset
 from .engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
 from .engine.evaluation import personalized_params
-from .engine.simulator import RunSpec, SimState, Simulator, resolve_vectorized
+from .engine.simulator import RunSpec, SimState, Simulator
 from .models import build_model
 from .results import atomic_write_json, atomic_write_toml, mean_std, write_jsonl
 
@@ -56,7 +56,7 @@ def run_spec(exp: Experiment, alg: Algorithm, seed: int) -> RunSpec:
     r = exp.run
     return RunSpec(rounds=r.rounds, clients_per_round=r.clients_per_round, batch_size=r.batch_size,
                    local_epochs=r.local_epochs, local_steps=r.local_steps, eval_every=r.eval_every, seed=seed,
-                   vectorized=resolve_vectorized(r.vectorized, alg.model, r.device), hand_batched=r.hand_batched,
+                   vectorized=r.vectorized, hand_batched=r.hand_batched,
                    eval_chunk=r.eval_chunk, shuffle=r.shuffle, device=r.device,
                    finetune_epochs=alg.hparams.get("finetune_epochs", 0),
                    finetune_lr=alg.hparams.get("finetune_lr"), robust=exp.robust)

@@ -46,7 +46,7 @@ class RunSpec:
     local_steps: int | None = None
     eval_every: int = 1
     seed: int = 0
-    vectorized: bool = True
+    vectorized: bool | str = "auto"  # True, False or "auto" (see resolve_vectorized); the Simulator resolves it
     eval_chunk: int = 64
     shuffle: bool = True
     finetune_epochs: int = 0
@@ -99,6 +99,7 @@ class Simulator:
         if spec.clients_per_round > data.num_clients:
             raise ValueError(f"run.clients_per_round: {spec.clients_per_round} is more than the "
                              f"{data.num_clients} clients of the dataset")
+        spec = replace(spec, vectorized=resolve_vectorized(spec.vectorized, alg.model, spec.device))
         self.alg, self.data, self.spec = alg, data, spec
         self.device = torch.device(spec.device)
         self.train = SplitArrays.from_dataset(data, "train").to(self.device)
