@@ -108,7 +108,7 @@ class Simulator:
         self.num_examples = data.train_sizes()
         self.trainer = partial(train_vectorized, alg.loss, alg.optimizer)
         chain = chain_trainer(alg.model, alg.task, alg.optimizer, alg.loss_spec, fallback=self.trainer) \
-            if spec.hand_batched and alg.loss_spec is not None else None
+            if spec.vectorized and spec.hand_batched and alg.loss_spec is not None else None
         self.trainer = chain or self.trainer
         # Which local trainer runs (recorded in each run's summary): "chain kernels" may still hand
         # batches it cannot take to the vmap trainer.
