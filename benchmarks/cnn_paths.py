@@ -15,17 +15,15 @@ import argparse
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import replace
 
 import torch
 
 from bouquet.adapters.functional import mixture_conv2d_delta
 from bouquet.adapters.layers import MixtureConv2d
 from bouquet.adapters.mixture import current_pi
-from bouquet.config import load_experiment
+from bouquet.app.config import load_experiment, with_run
+from bouquet.app.runner import simulator
 from bouquet.data import build_dataset
-from bouquet.engine.simulator import Simulator
-from bouquet.runner import build_algorithm, run_spec
 
 CONFIG = "configs/floral/fashion_mnist_rotate_cnn.toml"
 
@@ -51,8 +49,7 @@ def conv_form(form: str):
 
 def time_path(exp, data, name: str, vectorized: bool, form: str) -> tuple[float, float, float]:
     """(seconds of one round, seconds of one evaluation, mean accuracy) after a warm-up round."""
-    alg, _ = build_algorithm(exp, data, name, 0)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    sim, _ = simulator(with_run(exp, vectorized=vectorized), data, name, 0)
     with conv_form(form):
         state, _ = sim.run_round(sim.init_state())
         t = time.perf_counter()

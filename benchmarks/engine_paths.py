@@ -17,8 +17,8 @@ from torch.func import vmap
 
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.data import DataSpec, build_dataset
+from bouquet.engine.autograd_training import train_sequential, train_vectorized
 from bouquet.engine.batching import SplitArrays, round_batches
-from bouquet.engine.training import train_sequential, train_vectorized
 from bouquet.models import build_model
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     data = build_dataset(DataSpec(name="mnist5k", num_clients=args.clients, train_per_client=200,
                                   test_per_client=20, resample=True))
     torch.manual_seed(0)
-    alg = fedavg(build_model("mlp", data.input_shape, data.num_outputs), data.task, lr=0.1)
+    alg = fedavg(build_model("mlp", data.input_shape, data.num_outputs), data.objective, lr=0.1)
     arrays = SplitArrays.from_dataset(data, "train")
     ids = torch.arange(args.clients)
     index, weight = round_batches(arrays, ids, seed=0, round_idx=1, batch_size=32)

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from bouquet.config import parse_experiment, resolved_dict, with_run
+from bouquet.app.config import parse_experiment, resolved_dict, with_run
+from bouquet.app.experiment import data_for_seed
+from bouquet.app.flower_run import parse_output, write_app
+from bouquet.app.runner import simulator
 from bouquet.data import build_dataset
-from bouquet.engine.simulator import Simulator
 from bouquet.flower.deploy import LocalFederation
-from bouquet.flower.engine import parse_output, write_app
-from bouquet.runner import _data_for_seed, build_algorithm, run_spec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,12 +45,9 @@ def experiment(rounds: int):
 
 def local_seconds(exp, vectorized: bool) -> list[float]:
     """Seconds per round (training + evaluation) of the local engine."""
-    from dataclasses import replace
-
     exp = with_run(exp, seeds=[0], vectorized=vectorized)
-    data = build_dataset(_data_for_seed(exp, 0))
-    alg, _ = build_algorithm(exp, data, "fedavg", 0)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    data = build_dataset(data_for_seed(exp, 0))
+    sim, _ = simulator(exp, data, "fedavg", 0)
     state = sim.init_state()
     out = []
     for _ in range(exp.run.rounds):

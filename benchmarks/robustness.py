@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from bouquet.config import RobustConfig, load_experiment
+from bouquet.app.config import load_experiment
+from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
-from bouquet.runner import run_one
+from bouquet.engine.robust import RobustConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

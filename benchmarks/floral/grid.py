@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 OUT = HERE / "out"
-BOUQUET = [sys.executable, "-m", "bouquet.cli"]
+BOUQUET = [sys.executable, "-m", "bouquet"]
 
 
 def job_dir(task: str, algorithm: str, seed: int, tag: str = "") -> Path:

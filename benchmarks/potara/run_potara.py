@@ -18,19 +18,19 @@ from pathlib import Path
 
 import torch
 
-from bouquet.config import load_experiment, with_run
-from bouquet.data import build_dataset
-from bouquet.engine.simulator import Simulator
-from bouquet.merging.oracle import GRID, carve_validation, closed_form_lambdas, lambda_scores, oracle_lambdas
-from bouquet.runner import build_algorithm, run_spec
+from bouquet.app.config import load_experiment, with_run
+from bouquet.app.runner import simulator
+from bouquet.data import build_dataset, carve_validation
+from bouquet.engine.batching import SplitArrays
+from bouquet.engine.lambda_oracle import GRID, closed_form_lambdas, lambda_scores, oracle_lambdas
 
 VALIDATION = 0.2
 
 
 def run_method(exp, data, val, name: str, seed: int) -> dict:
     """Train one method; return its curve (bytes per client, accuracy) and final per-client scores."""
-    alg, _ = build_algorithm(exp, data, name, seed)
-    sim = Simulator(alg, data, run_spec(exp, alg, seed))
+    sim, _ = simulator(exp, data, name, seed)
+    alg = sim.alg
     state = sim.init_state()
     curve = []
     start = time.process_time()
@@ -83,7 +83,8 @@ def main() -> None:
     results: dict = {"config": args.config, "overrides": args.set, "methods": {}}
     for seed in exp.run.seeds:
         data = build_dataset(replace(exp.data, seed=exp.data.seed + seed))
-        train, val = carve_validation(data, VALIDATION, seed)
+        train, held = carve_validation(data, VALIDATION, seed)
+        val = SplitArrays.from_dataset(held, "test")
         for name in names:
             res = run_method(with_run(exp, seeds=[seed]), train, val, name, seed)
             results["methods"].setdefault(name, {})[str(seed)] = res

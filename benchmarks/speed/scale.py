@@ -2,7 +2,7 @@
 
 import sys
 
-from bouquet.cli import main
+from bouquet.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", "scale", *sys.argv[1:]]))

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from bouquet.bench.speed import add_arguments, main_args
+from bouquet.app.bench.speed import add_arguments, main_args
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

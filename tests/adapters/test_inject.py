@@ -94,7 +94,7 @@ def test_param_names_and_roles():
 def test_router_mismatch_and_external_router():
     with pytest.raises(ValueError, match="router"):
         inject(Net(), num_adaptors=2, rank=1, router=Router(3))
-    router = Router(2, floor=0.01)
+    router = Router(2)
     assert inject(Net(), num_adaptors=2, rank=1, router=router).router is router
 
 

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from bouquet.algorithms.server_opt import server_adam, server_sgd
-from bouquet.config import parse_experiment
+from bouquet.app.config import parse_experiment
+from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
-from bouquet.runner import run_one
 
 RAW = {
     "name": "b",

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from bouquet.algorithms import RouterConfig
 from bouquet.algorithms.ensemble import EnsembleModel, ensemble
 from bouquet.algorithms.routing import MIXTURE_WEIGHT, ROUTER
 from bouquet.data import DataSpec, build_dataset
@@ -26,17 +27,17 @@ def test_members_are_independent_and_output_is_pi_mixture():
 def test_learns_recovers_clusters_and_never_uploads_router():
     data = _data()
     torch.manual_seed(0)
-    alg = ensemble(nn.Linear(10, 3), data.task, 2, lr=0.1, router_lr=0.1)
+    alg = ensemble(nn.Linear(10, 3), data.objective, 2, lr=0.1, router=RouterConfig(lr=0.1))
     sim = Simulator(alg, data, RunSpec(rounds=150, clients_per_round=10, batch_size=4))
     state = sim.init_state()
     start = sim.evaluate(state)["mean"]
     for _ in range(150):
         state, _ = sim.run_round(state)
     assert sim.evaluate(state)["mean"] < 0.05 < start
-    assert alg.hparams["report"](state.server, state.clients)["router_ari"] == 1.0
+    assert alg.report(state.server, state.clients, data.clusters)["router_ari"] == 1.0
     cs = {ROUTER: torch.zeros(2)}
     tr = alg.client_init(alg.broadcast(state.server), cs, {})
-    upload, _ = alg.client_final(tr, {}, cs, torch.tensor(3))
+    upload, _ = alg.client_final(tr, {}, cs, torch.tensor(3), {})
     assert MIXTURE_WEIGHT in upload and not any(k.startswith("router") for k in upload)
 
 
@@ -70,7 +71,7 @@ def test_vectorized_and_sequential_engines_agree():
     finals = []
     for vectorized in (True, False):
         torch.manual_seed(0)
-        alg = ensemble(nn.Linear(10, 3), data.task, 2, lr=0.1, router_lr=0.3)
+        alg = ensemble(nn.Linear(10, 3), data.objective, 2, lr=0.1, router=RouterConfig(lr=0.3))
         sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=3, vectorized=vectorized))
         state = sim.init_state()
         for _ in range(3):

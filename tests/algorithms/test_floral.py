@@ -8,11 +8,11 @@ from torch import nn
 from bouquet.algorithms import ALGORITHMS
 from bouquet.algorithms.floral import RouterConfig, damped_server_lr, floral, wrap
 from bouquet.algorithms.routing import MIXTURE_WEIGHT, ROUTER
-from bouquet.cli import main
-from bouquet.config import parse_experiment, with_run
+from bouquet.app.cli import main
+from bouquet.app.config import parse_experiment, with_run
+from bouquet.app.runner import run_one
 from bouquet.data import DataSpec, build_dataset
 from bouquet.engine.simulator import RunSpec, Simulator
-from bouquet.runner import run_one
 
 SYN = {
     "name": "syn",
@@ -37,12 +37,12 @@ def test_user_sequential_wrapped_in_one_call_learns_and_recovers_clusters():
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=10, num_clusters=2))
     torch.manual_seed(0)
     user = nn.Sequential(nn.Flatten(), nn.Linear(10, 3))
-    alg = floral(wrap(user, num_adaptors=2, rank=1), data.task, lr=0.1, router_lr=0.1)
+    alg = floral(wrap(user, num_adaptors=2, rank=1), data.objective, lr=0.1, router=RouterConfig(lr=0.1))
     sim, state, _ = _run(alg, data, 150)
     mse = sim.evaluate(state)["mean"]
     start = Simulator(alg, data, sim.spec).evaluate(sim.init_state())["mean"]
     assert mse < 0.1 and start > 1.0, (start, mse)
-    assert alg.hparams["report"](state.server, state.clients)["router_ari"] == 1.0
+    assert alg.report(state.server, state.clients, data.clusters)["router_ari"] == 1.0
     # The user's own module is untouched (wrap copies it).
     assert [n for n, _ in user.named_parameters()] == ["1.weight", "1.bias"]
 
@@ -62,14 +62,14 @@ def test_acceptance_shape_floral_beats_fedavg_and_local_adaptor():
 def test_router_logits_never_uploaded_and_mixture_weight_is_softmax():
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
     torch.manual_seed(0)
-    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.5,
-                 router=RouterConfig(noise_std=1.0, floor=0.01))
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1,
+                 router=RouterConfig(lr=0.5, noise=1.0, floor=0.01))
     server, clients = alg.init(torch.Generator(), data.clusters)
     cs = {ROUTER: torch.tensor([0.3, -0.2])}
     batch = {"x": torch.randn(4, 10), "y": torch.randn(4, 3), "w": torch.ones(4)}
     trainable = alg.client_init(alg.broadcast(server), cs, {k: v[None] for k, v in batch.items()})
     assert ROUTER in trainable
-    upload, private = alg.client_final(trainable, alg.broadcast(server), cs, torch.tensor(4))
+    upload, private = alg.client_final(trainable, alg.broadcast(server), cs, torch.tensor(4), {})
     assert not any(k.startswith("router") for k in upload)
     assert set(private) == {ROUTER}
     torch.testing.assert_close(upload[MIXTURE_WEIGHT], torch.softmax(cs[ROUTER], -1))  # no noise, no floor
@@ -78,7 +78,7 @@ def test_router_logits_never_uploaded_and_mixture_weight_is_softmax():
 def test_aggregation_weights_adaptor_c_by_n_times_pi():
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
     torch.manual_seed(0)
-    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1)
     server, _ = alg.init(torch.Generator(), data.clusters)
     keys = list(server["params"])
     k_uploads = 3
@@ -103,7 +103,7 @@ def test_vectorized_and_sequential_engines_agree():
     finals = []
     for vectorized in (True, False):
         torch.manual_seed(0)
-        alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.3)
+        alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(lr=0.3))
         sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=3, vectorized=vectorized))
         state = sim.init_state()
         for _ in range(3):
@@ -117,11 +117,11 @@ def test_vectorized_and_sequential_engines_agree():
 def test_optimal_router_is_exact_one_hot_and_frozen():
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=6, num_clusters=2))
     torch.manual_seed(0)
-    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, optimal_router=True)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, optimal_router=True)
     sim, state, _ = _run(alg, data, 5)
     pi = torch.softmax(state.clients[ROUTER], -1)
     assert torch.equal(pi, torch.nn.functional.one_hot(data.clusters.long() % 2, 2).to(pi.dtype))
-    assert alg.optimizer.rate(ROUTER) == 0.0
+    assert alg.local_update.plain_sgd().rate(ROUTER) == 0.0
 
 
 def test_paper_server_damping_moves_adaptors_by_lora_lr():
@@ -133,7 +133,7 @@ def test_paper_server_damping_moves_adaptors_by_lora_lr():
 def test_entropy_term_with_positive_weight_pushes_router_towards_uniform():
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=2, num_clusters=2))
     torch.manual_seed(0)
-    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router=RouterConfig(entropy=10.0))
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(entropy=10.0))
     server, _ = alg.init(torch.Generator(), data.clusters)
     cs = {ROUTER: torch.tensor([1.0, 0.0])}
     batch = {"x": torch.zeros(1, 10), "y": torch.zeros(1, 3), "w": torch.zeros(1)}  # no data: entropy only
@@ -144,10 +144,10 @@ def test_entropy_term_with_positive_weight_pushes_router_towards_uniform():
 
 def test_paper_preset_options():
     opts = ALGORITHMS["floral_paper"].options()
-    assert (opts.router_noise, opts.router_floor) == (1.0, 0.01)
+    assert (opts.router.noise, opts.router.floor, opts.router.init_std) == (1.0, 0.01, 0.0)
     assert opts.paper_bias_init and opts.paper_server_damping and opts.paper_conv_rank_bug
     clean = ALGORITHMS["floral"].options()
-    assert (clean.router_noise, clean.router_floor, clean.paper_bias_init, clean.paper_server_damping) == (
+    assert (clean.router.noise, clean.router.floor, clean.paper_bias_init, clean.paper_server_damping) == (
         0.0, 0.0, False, False)
 
 
@@ -173,7 +173,7 @@ def test_router_steps_refresh_the_router_on_the_downloaded_model_before_training
     """router_steps descends the router-only loss at client_init, the same vmapped as client by client."""
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
     torch.manual_seed(0)
-    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.task, lr=0.1, router_lr=0.5, router=RouterConfig(steps=3))
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(lr=0.5, steps=3))
     sim, state, _ = _run(alg, data, 20)  # adaptors now differ, so the router has a gradient
     payload = alg.broadcast(state.server)
     c = data.clients[1]

@@ -19,7 +19,7 @@ def test_client_picks_the_model_of_lowest_training_loss_and_uploads_only_it():
     tr = alg.client_init(alg.broadcast(server), {CHOICE: clients[CHOICE][0]}, batches)
     assert torch.equal(tr[CHOICE], torch.tensor([0.0, 0.0, 1.0]))
     assert torch.equal(tr["weight"], params["weight"][2])
-    upload, private = alg.client_final(tr, {}, {}, torch.tensor(4))
+    upload, private = alg.client_final(tr, {}, {}, torch.tensor(4), {})
     assert set(upload) == {"weight", "bias", CLUSTER_WEIGHT} and upload["weight"].shape == (1, 2)
     assert torch.equal(private[CHOICE], tr[CHOICE])
 
@@ -43,7 +43,7 @@ def test_learns_and_recovers_clusters_with_both_engines_agreeing():
     finals = []
     for vectorized in (True, False):
         torch.manual_seed(0)
-        alg = ifca(nn.Linear(10, 3), data.task, 2, lr=0.1)
+        alg = ifca(nn.Linear(10, 3), data.objective, 2, lr=0.1)
         sim = Simulator(alg, data, RunSpec(rounds=100, clients_per_round=10, batch_size=4, vectorized=vectorized))
         state = sim.init_state()
         for _ in range(100 if vectorized else 3):
@@ -51,10 +51,10 @@ def test_learns_and_recovers_clusters_with_both_engines_agreeing():
         finals.append((alg, sim, state))
     alg, sim, state = finals[0]
     assert sim.evaluate(state)["mean"] < 0.05
-    assert alg.hparams["report"](state.server, state.clients)["router_ari"] == 1.0
+    assert alg.report(state.server, state.clients, data.clusters)["router_ari"] == 1.0
     # Engine agreement after 3 rounds.
     torch.manual_seed(0)
-    alg_v = ifca(nn.Linear(10, 3), data.task, 2, lr=0.1)
+    alg_v = ifca(nn.Linear(10, 3), data.objective, 2, lr=0.1)
     sim_v = Simulator(alg_v, data, RunSpec(rounds=3, clients_per_round=10, batch_size=4))
     st = sim_v.init_state()
     for _ in range(3):

@@ -5,11 +5,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bouquet.algorithms.base import payload_nbytes
-from bouquet.config import parse_experiment
+from bouquet.algorithms.contract import payload_nbytes
+from bouquet.app.config import parse_experiment
+from bouquet.app.experiment import build_algorithm
+from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
 from bouquet.engine.simulator import Simulator
-from bouquet.runner import build_algorithm, run_one, run_spec
 
 METHODS = ("fedit", "fedit_ft", "ffa_lora", "fedsa_lora", "local_lora", "ditto", "apfl")
 RAW = {
@@ -32,7 +33,7 @@ def setup():
 
 def _run(exp, data, name, vectorized, rounds=2):
     alg, _ = build_algorithm(exp, data, name, 0)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    sim = Simulator(alg, data, replace(exp.run.spec(), vectorized=vectorized), robust=exp.robust)
     state = sim.init_state()
     records = []
     for _ in range(rounds):

@@ -6,12 +6,13 @@ import pytest
 import torch
 from torch.func import vmap
 
-from bouquet.config import ConfigError, parse_experiment
-from bouquet.data import build_dataset
+from bouquet.app.config import ConfigError, parse_experiment
+from bouquet.app.experiment import build_algorithm
+from bouquet.data import build_dataset, carve_validation
+from bouquet.engine.batching import SplitArrays
+from bouquet.engine.lambda_oracle import GRID, closed_form_lambdas, lambda_scores, oracle_lambdas
 from bouquet.engine.simulator import Simulator
 from bouquet.merging.closed_form import merge_delta_w
-from bouquet.merging.oracle import GRID, carve_validation, closed_form_lambdas, lambda_scores, oracle_lambdas
-from bouquet.runner import build_algorithm, run_spec
 
 RAW = {
     "name": "potara",
@@ -31,7 +32,7 @@ def _exp(**potara):
 
 def _run(exp, data, rounds=4, vectorized=True):
     alg, _ = build_algorithm(exp, data, "potara", 0)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    sim = Simulator(alg, data, replace(exp.run.spec(), vectorized=vectorized), robust=exp.robust)
     state = sim.init_state()
     records = []
     for _ in range(rounds):
@@ -68,9 +69,9 @@ def test_personalize_is_the_delta_w_merge_with_the_closed_form_lambda(data):
     # lambda = 1 is the federated model's output, lambda = 0 the local model's
     x = sim.test.x[:5]
     cs0 = {k: v[0] for k, v in state.clients.items()}
-    out1 = alg.apply(alg.hparams["merge"](state.server, cs0, torch.tensor(1.0)), x)
+    out1 = alg.apply(alg.merging.merge(state.server, cs0, torch.tensor(1.0)), x)
     assert torch.allclose(out1, alg.apply(state.server["params"], x), atol=1e-5)
-    out0 = alg.apply(alg.hparams["merge"](state.server, cs0, torch.tensor(0.0)), x)
+    out0 = alg.apply(alg.merging.merge(state.server, cs0, torch.tensor(0.0)), x)
     assert torch.allclose(out0, alg.apply({k: v[0] for k, v in local.items()}, x), atol=1e-5)
 
 
@@ -103,7 +104,8 @@ def test_bias_term_lowers_lambda(data):
 
 
 def test_oracle_on_a_validation_split_from_train_rows(data):
-    train, val = carve_validation(data, 0.25, seed=0)
+    train, held = carve_validation(data, 0.25, seed=0)
+    val = SplitArrays.from_dataset(held, "test")
     for c_full, c_train in zip(data.clients, train.clients, strict=True):
         assert c_train.num_train == 24 and torch.equal(c_train.x_test, c_full.x_test)
     assert val.sizes.tolist() == [8] * 4

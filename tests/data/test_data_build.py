@@ -19,7 +19,7 @@ def _disjoint(c: ClientData) -> bool:
 @pytest.mark.parametrize(("name", "shape"), [("digits", (1, 8, 8)), ("mnist5k", (1, 28, 28))])
 def test_bundled_shapes_and_disjointness(name: str, shape: tuple) -> None:
     ds = build_dataset(DataSpec(name, 12, 3))
-    assert ds.input_shape == shape and ds.num_outputs == 10 and ds.task == "classification"
+    assert ds.input_shape == shape and ds.num_outputs == 10 and ds.objective == "classification"
     used = [set(c.train_ids.tolist()) | set(c.test_ids.tolist()) for c in ds.clients]
     assert sum(len(u) for u in used) == load_source(name).num_pool  # every row used exactly once
     for c in ds.clients:

@@ -19,7 +19,7 @@ def _residual(xs: list[torch.Tensor], ys: list[torch.Tensor]) -> float:
 
 def test_linear_counts_and_shapes() -> None:
     ds = build_dataset(DataSpec("synthetic_linear", 10, 2))
-    assert ds.task == "regression" and ds.input_shape == (10,) and ds.num_outputs == 3
+    assert ds.objective == "regression" and ds.input_shape == (10,) and ds.num_outputs == 3
     assert ds.train_sizes().tolist() == [7] * 10 and ds.test_sizes().tolist() == [1] * 10
     c = ds.clients[3]
     assert c.cluster == 1 and c.y_train.shape == (7, 3) and c.y_train.dtype == torch.float32

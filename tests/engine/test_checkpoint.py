@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bouquet.config import ConfigError, load_experiment
+from bouquet.app.config import ConfigError, load_experiment
+from bouquet.app.runner import resume_experiment, run_experiment
 from bouquet.engine.checkpoint import (
     CheckpointDir,
     CheckpointError,
@@ -19,7 +20,6 @@ from bouquet.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from bouquet.runner import resume_experiment, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 

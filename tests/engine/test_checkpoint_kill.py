@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def _bouquet(*args: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "bouquet.cli", "run", *args, "--no-progress"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "bouquet", "run", *args, "--no-progress"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -5,7 +5,7 @@ import torch
 
 from bouquet.algorithms.floral import floral, wrap
 from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.fast import FastLinear
+from bouquet.engine.fast_linear import FastLinear
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
 
@@ -16,9 +16,9 @@ def _run(device: str, vectorized: bool):
     data = build_dataset(DataSpec(name="digits", num_clients=8, num_clusters=2, shift="label_shift", seed=0))
     torch.manual_seed(0)
     model = wrap(build_model("mlp", data.input_shape, data.num_outputs, hidden=16), 2, 2, adaptor_bias=True)
-    alg = floral(model.to(device), data.task, lr=0.1)
-    sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=8, seed=1,
-                                       vectorized=vectorized, device=device))
+    alg = floral(model.to(device), data.objective, lr=0.1)
+    sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=8, vectorized=vectorized,
+                                       device=device), seed=1)
     state = sim.init_state()
     losses = []
     for _ in range(3):

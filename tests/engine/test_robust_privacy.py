@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from bouquet.algorithms import ALGORITHMS
-from bouquet.config import load_experiment
+from bouquet.app.config import load_experiment
+from bouquet.app.experiment import build_algorithm
 from bouquet.data import build_dataset
 from bouquet.engine.simulator import Simulator
 from bouquet.engine.validation import PrivacyError, check_private
-from bouquet.runner import build_algorithm, run_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE_ALGORITHMS = sorted(n for n in ALGORITHMS if n not in ("fedavg", "fedavg_ft"))
@@ -40,7 +40,7 @@ def test_no_private_state_in_uploads(setting, name: str, vectorized: bool) -> No
         return honest(server, uploads, n)
 
     alg = replace(alg, aggregate=recording_aggregate)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=vectorized))
+    sim = Simulator(alg, data, replace(exp.run.spec(), vectorized=vectorized), robust=exp.robust)
     state = sim.init_state()
     for _ in range(2):
         before = state
@@ -64,11 +64,11 @@ def test_no_private_state_in_uploads(setting, name: str, vectorized: bool) -> No
 
 
 def test_check_private_rejects_a_leaking_upload() -> None:
-    from bouquet.algorithms.base import Algorithm
+    from bouquet.algorithms.contract import Algorithm
 
-    alg = Algorithm(name="leaky", model=torch.nn.Linear(1, 1), task="regression", init=None, broadcast=None,
+    alg = Algorithm(name="leaky", model=torch.nn.Linear(1, 1), objective="regression", init=None, broadcast=None,
                     client_init=None, loss=None, client_final=None, aggregate=None, personalize=None,
-                    optimizer=None, private_keys=("router.",))
+                    local_update=None, private_keys=("router.",))
     with pytest.raises(PrivacyError, match="router.logits"):
         check_private(alg, {"w": torch.zeros(2, 1), "router.logits": torch.zeros(2, 3)})
     check_private(alg, {"w": torch.zeros(2, 1)})

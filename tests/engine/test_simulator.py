@@ -5,17 +5,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bouquet.algorithms import ALGORITHMS
-from bouquet.algorithms.base import payload_nbytes
+from bouquet.algorithms import ALGORITHMS, RouterConfig
+from bouquet.algorithms.contract import Finetune, payload_nbytes
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.algorithms.floral import floral, wrap
 from bouquet.algorithms.local import local
 from bouquet.algorithms.routing import ROUTER
-from bouquet.config import parse_experiment
+from bouquet.app.config import parse_experiment
+from bouquet.app.experiment import build_algorithm
 from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.simulator import RunSpec, Simulator, resolve_vectorized
+from bouquet.engine.simulator import Simulator
+from bouquet.engine.spec import RunSpec, resolve_vectorized
 from bouquet.models import build_model
-from bouquet.runner import build_algorithm, run_spec
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +28,9 @@ def digits():
 def _sim(data, builder, vectorized, finetune=0, **kw):
     torch.manual_seed(0)
     model = build_model("mlp", data.input_shape, data.num_outputs, hidden=32)
-    alg = builder(model, data.task, lr=0.1)
-    spec = RunSpec(rounds=4, clients_per_round=5, batch_size=16, vectorized=vectorized, seed=3,
-                   finetune_epochs=finetune, **kw)
-    return Simulator(alg, data, spec)
+    alg = builder(model, data.objective, lr=0.1, **({"finetune": Finetune(finetune, 0.1)} if finetune else {}))
+    spec = RunSpec(rounds=4, clients_per_round=5, batch_size=16, vectorized=vectorized, **kw)
+    return Simulator(alg, data, spec, seed=3)
 
 
 def _run(sim, rounds):
@@ -121,16 +121,16 @@ def test_nan_update_is_dropped_and_reported(digits):
     bad = dict(sim.alg.__dict__)
     honest_final = sim.alg.client_final
 
-    def poisoned_final(trainable, payload, cs, n):
-        up, new = honest_final(trainable, payload, cs, n)
+    def poisoned_final(trainable, payload, cs, n, batches):
+        up, new = honest_final(trainable, payload, cs, n, batches)
         first = next(iter(up))
         up[first] = up[first] * torch.where(n == sim.num_examples[0], float("nan"), 1.0)
         return up, new
 
     bad["client_final"] = poisoned_final
-    from bouquet.algorithms.base import Algorithm
+    from bouquet.algorithms.contract import Algorithm
 
-    sim.alg = Algorithm(**bad)
+    sim = Simulator(Algorithm(**bad), digits, sim.spec, seed=sim.seed)
     # make sure client 0 is sampled: sample many rounds until it is
     for _ in range(20):
         state, rec = sim.run_round(state)
@@ -162,8 +162,8 @@ def test_floral_convlora_vectorized_equals_sequential():
     results = []
     for vec in (True, False):
         torch.manual_seed(0)
-        alg = floral(wrap(_conv_net(), 2, 1), data.task, lr=0.1, router_lr=0.3)
-        sim = Simulator(alg, data, RunSpec(rounds=2, clients_per_round=4, batch_size=16, vectorized=vec, seed=1))
+        alg = floral(wrap(_conv_net(), 2, 1), data.objective, lr=0.1, router=RouterConfig(lr=0.3))
+        sim = Simulator(alg, data, RunSpec(rounds=2, clients_per_round=4, batch_size=16, vectorized=vec), seed=1)
         state, recs = _run(sim, 2)
         results.append((state, recs, sim.evaluate(state)))
     (s1, r1, e1), (s2, r2, e2) = results
@@ -187,7 +187,7 @@ def test_client_loop_states_carry_no_autograd_graph(name):
     exp = parse_experiment(GRAPH_CHECK)
     data = build_dataset(exp.data)
     alg, _ = build_algorithm(exp, data, name, 0)
-    sim = Simulator(alg, data, replace(run_spec(exp, alg, 0), vectorized=False))
+    sim = Simulator(alg, data, replace(exp.run.spec(), vectorized=False), robust=exp.robust)
     state, _ = _run(sim, 2)
     tensors = {**state.server.get("params", {}), **state.clients}
     assert [k for k, v in tensors.items() if v.requires_grad] == []

@@ -23,4 +23,4 @@ def test_validate_uploads_names_the_tensor_and_client():
     uploads["w"][1, 0, 1] = float("nan")
     ok, report = validate_uploads(uploads, torch.zeros(3), ids=torch.tensor([7, 8, 9]))
     assert ok.tolist() == [True, False, True]
-    assert report["rejected"] == [8] and "w: NaN or Inf" in report["rejected_reasons"][0]
+    assert report["rejected"] == [8] and "w: NaN or Inf" in report["rejected_reasons"]["8"]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from flowerkit import SMALL
 
-from bouquet.cli import main
+from bouquet.app.cli import main
 from bouquet.flower.deploy import free_port
 
 

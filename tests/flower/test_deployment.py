@@ -13,11 +13,12 @@ import pytest
 from flowerkit import SMALL
 
 from bouquet.algorithms import ALGORITHMS
-from bouquet.config import parse_experiment, with_run
+from bouquet.app.config import parse_experiment, with_run
+from bouquet.app.experiment import data_for_seed
+from bouquet.app.flower_run import parse_output, write_app
+from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
 from bouquet.flower.deploy import LocalFederation, make_tls
-from bouquet.flower.engine import parse_output, write_app
-from bouquet.runner import _data_for_seed, run_one
 
 pytestmark = pytest.mark.flower
 
@@ -28,7 +29,7 @@ FLORAL = "floral" if "floral" in ALGORITHMS else "local_adaptor"
 
 def local_records(text: str, algorithm: str) -> list[dict]:
     exp = parse_experiment(tomllib.loads(text))
-    return run_one(with_run(exp, seeds=[0]), build_dataset(_data_for_seed(exp, 0)), algorithm, 0)[1]
+    return run_one(with_run(exp, seeds=[0]), build_dataset(data_for_seed(exp, 0)), algorithm, 0)[1]
 
 
 def assert_same_metrics(flower: list[dict], local: list[dict]) -> None:
@@ -87,9 +88,9 @@ def test_floral_on_three_supernodes_matches_the_local_engine(federation, tmp_pat
 
 
 def load_private_keys(algorithm: str) -> tuple[str, ...]:
-    from bouquet.flower.task import load_task
+    from bouquet.app.flower_job import load_job
 
-    return load_task({"experiment": SMALL, "algorithm": algorithm, "seed": 0}).alg.private_keys
+    return load_job({"experiment": SMALL, "algorithm": algorithm, "seed": 0}).alg.private_keys
 
 
 def test_a_supernode_killed_in_round_two_does_not_stop_the_run(federation, tmp_path):

@@ -8,30 +8,33 @@ import pytest
 import torch
 from flowerkit import SMALL, LoopbackGrid
 from flwr.app import MessageType
+from flwr.serverapp.strategy import Result
 
 from bouquet.algorithms import ALGORITHMS
-from bouquet.config import parse_experiment, with_run
+from bouquet.app.config import parse_experiment, with_run
+from bouquet.app.experiment import data_for_seed
+from bouquet.app.flower_apps import clientapp as client_app
+from bouquet.app.flower_job import load_job
+from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
-from bouquet.flower.clientapp import app as client_app
 from bouquet.flower.records import add_client, from_record, to_record
 from bouquet.flower.strategy import BouquetStrategy, NodeDiscoveryError
-from bouquet.flower.task import load_task, settings
-from bouquet.runner import _data_for_seed, run_one
 
 FLORAL = "floral" if "floral" in ALGORITHMS else "local_adaptor"
 
 
 def run_flower(algorithm: str, num_nodes: int = 3, **grid_options):
     rc = {"experiment": SMALL, "algorithm": algorithm, "seed": 0, "min-replies": grid_options.pop("min_replies", 1)}
-    task = load_task(rc)
     grid = LoopbackGrid(client_app, rc, num_nodes, **grid_options)
-    strategy = BouquetStrategy(task, settings(rc))
-    return strategy, strategy.run_rounds(grid), grid
+    strategy = BouquetStrategy(load_job(rc))
+    result = strategy.start(grid)
+    assert isinstance(result, Result) and len(result.train_metrics_clientapp) == strategy.job.spec.rounds
+    return strategy, strategy.log.records, grid
 
 
 def run_local(algorithm: str):
     exp = parse_experiment(tomllib.loads(SMALL))
-    data = build_dataset(_data_for_seed(exp, 0))
+    data = build_dataset(data_for_seed(exp, 0))
     return run_one(with_run(exp, seeds=[0]), data, algorithm, 0)[1]
 
 
@@ -53,7 +56,7 @@ def test_same_metrics_as_local_sequential_engine(algorithm):
 
 def test_private_state_stays_on_the_nodes():
     strategy, _, grid = run_flower(FLORAL)
-    prefixes = strategy.task.alg.private_keys
+    prefixes = strategy.job.alg.private_keys
     assert prefixes
     arrays = [k for k in strategy.received_keys if not k.startswith("metrics:")]
     assert arrays, "the server received no upload at all"
@@ -120,8 +123,7 @@ def test_failed_node_is_counted_and_the_round_continues():
 def test_too_few_replies_skip_the_round_and_keep_the_server_state():
     strategy, records, _ = run_flower("fedavg", min_replies=5)  # 4 clients per round < 5
     assert all(r.get("skipped") for r in records)
-    init = load_task({"experiment": SMALL, "algorithm": "fedavg", "seed": 0})
-    fresh = BouquetStrategy(init, settings({}))
+    fresh = BouquetStrategy(load_job({"experiment": SMALL, "algorithm": "fedavg", "seed": 0}))
     for k, v in fresh.state.server["params"].items():
         assert torch.equal(strategy.state.server["params"][k], v)
 
@@ -130,4 +132,4 @@ def test_discovery_fails_when_a_partition_has_no_node():
     rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "node-wait": 1.0}
     grid = LoopbackGrid(client_app, rc, 3, fail=lambda node, msg: node == 102)
     with pytest.raises(NodeDiscoveryError, match="partitions"):
-        BouquetStrategy(load_task(rc), settings(rc)).discover(grid)
+        BouquetStrategy(load_job(rc)).discover(grid)

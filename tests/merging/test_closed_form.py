@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-from bouquet.algorithms.lora_fed import lora_model
+from bouquet.algorithms.lora import lora_model
 from bouquet.merging.closed_form import (
     bias_from_distance,
     expected_quadratic_loss,

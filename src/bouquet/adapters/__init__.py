@@ -2,9 +2,11 @@
 
 Parameter names inside a `MixtureModel`: `model.<path>.base.<weight|bias>` (the wrapped layer),
 `model.<path>.lora_A` / `lora_B` / `lora_bias` (adaptors, leading dim C; norm adaptors use
-`lora_weight` / `lora_bias`) and `router.logits`; `param_role(name)` classifies them.
+`lora_weight` / `lora_bias`) and `router.logits`; `param_role(name)` classifies them. `EnsembleModel`
+mixes whole models instead.
 """
 
+from .ensemble import MEMBERS, EnsembleModel, independent_copies, member_of, reinitialize
 from .functional import conv_delta_kernel, conv_rank_dims, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
 from .inject import (
     adaptor_parameter_count,
@@ -21,7 +23,9 @@ from .precondition import precondition_conv, precondition_linear, precondition_l
 
 __all__ = [
     "CONV_VARIANTS",
+    "MEMBERS",
     "ConvSplit",
+    "EnsembleModel",
     "MixtureContext",
     "MixtureConv2d",
     "MixtureLinear",
@@ -32,8 +36,10 @@ __all__ = [
     "conv_delta_kernel",
     "conv_rank_dims",
     "freeze_base",
+    "independent_copies",
     "inject",
     "load_merged",
+    "member_of",
     "lora_delta_weight",
     "merge_lora_models",
     "mixture_conv2d_delta",
@@ -44,6 +50,7 @@ __all__ = [
     "precondition_conv",
     "precondition_linear",
     "precondition_lora_grads",
+    "reinitialize",
     "resolve_rank",
     "split_conv",
     "split_params",

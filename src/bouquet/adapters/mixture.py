@@ -77,41 +77,34 @@ def mixture_weights(
 
 
 class Router(nn.Module):
-    """Holds `logits` [C] (init 0, so pi starts uniform) and the settings that turn them into pi."""
+    """Holds a client's router ``logits`` [C] (init 0: pi starts uniform).
 
-    def __init__(self, num_adaptors: int, noise_std: float = 0.0, floor: float = 0.0,
-                 temperature: float = 1.0) -> None:
+    How logits become pi (noise, floor, temperature) is the algorithm's setting, not the module's:
+    algorithms pass pi to ``MixtureModel.forward`` explicitly; called without pi, the model uses the
+    plain softmax of these logits.
+    """
+
+    def __init__(self, num_adaptors: int) -> None:
         super().__init__()
         if num_adaptors < 1:
             raise ValueError(f"num_adaptors must be >= 1, got {num_adaptors}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
         self.num_adaptors = num_adaptors
-        self.noise_std = float(noise_std)
-        self.floor = float(floor)
-        self.temperature = float(temperature)
         self.logits = nn.Parameter(torch.zeros(num_adaptors))
 
-    def weights(self, training: bool) -> Tensor:
-        """The mixture weights pi [C] for one forward."""
-        return mixture_weights(self.logits, training=training, noise_std=self.noise_std,
-                               floor=self.floor, temperature=self.temperature)
-
     def forward(self) -> Tensor:
-        """pi in the module's current train/eval mode."""
-        return self.weights(self.training)
+        """pi = softmax(logits)."""
+        return torch.softmax(self.logits, dim=-1)
 
     def extra_repr(self) -> str:
-        return (f"num_adaptors={self.num_adaptors}, noise_std={self.noise_std}, floor={self.floor}, "
-                f"temperature={self.temperature}")
+        return f"num_adaptors={self.num_adaptors}"
 
 
 class MixtureModel(nn.Module):
     """Wraps `model` (whose adaptor layers share `context`) and a `router`; names: `model.*`, `router.logits`.
 
-    `forward(*args, pi=None, **kwargs)` computes pi once from the router (or takes a fixed external
-    pi, e.g. for the optimal-router oracle, used as given), exposes it to every adaptor layer for
-    the duration of the call and calls the wrapped model.
+    `forward(*args, pi=None, **kwargs)` takes pi (the algorithm's mixture weights, used as given) or,
+    without one, the softmax of the router's logits, exposes it to every adaptor layer for the
+    duration of the call and calls the wrapped model.
     """
 
     def __init__(self, model: nn.Module, router: Router, context: MixtureContext | None = None) -> None:
@@ -129,13 +122,9 @@ class MixtureModel(nn.Module):
         """C, the number of adaptors per layer."""
         return self.router.num_adaptors
 
-    def mixture_weights(self) -> Tensor:
-        """The pi this model would use in its current mode (noise included when training)."""
-        return self.router.weights(self.training)
-
     def forward(self, *args: Any, pi: Tensor | None = None, **kwargs: Any) -> Any:
-        """Run the wrapped model with pi (the router's, or the one given) visible to every adaptor layer."""
+        """Run the wrapped model with pi (the one given, or softmax(logits)) visible to every adaptor layer."""
         if pi is None:
-            pi = self.router.weights(self.training)
+            pi = self.router()
         with self.context.use(pi):
             return self.model(*args, **kwargs)

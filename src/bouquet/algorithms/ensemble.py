@@ -7,67 +7,30 @@ would receive identical updates and never specialise without router noise).
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 
-from torch import Tensor, nn
+from torch import nn
 
-from ..adapters import Router
-from .base import Algorithm, LocalOptimizer
-from .floral import RouterConfig, routed_functions
-from .routing import MIXTURE_WEIGHT, ROUTER, component_weights, routed_mean
+from ..adapters import EnsembleModel, Router, independent_copies, member_of
+from .contract import Algorithm, LossSpec, Objective
+from .floral import RoutedOptions
+from .local_update import local_sgd
+from .registry import BuildContext, register
+from .routed import routed_functions
+from .routing import MIXTURE_WEIGHT, ROUTER, RouterConfig, component_weights, routed_mean, router_report
 from .server_opt import ServerOptimizer, server_sgd
 
-MEMBERS = "members."
 
-
-def reinitialize(module: nn.Module) -> nn.Module:
-    """Fresh default initialisation of every submodule that has ``reset_parameters`` (global torch RNG)."""
-    for m in module.modules():
-        if hasattr(m, "reset_parameters"):
-            m.reset_parameters()
-    return module
-
-
-def independent_copies(model: nn.Module, num: int) -> list[nn.Module]:
-    """``model`` itself (copied) and ``num - 1`` freshly initialised copies."""
-    first = copy.deepcopy(model)
-    return [first] + [reinitialize(copy.deepcopy(model)) for _ in range(num - 1)]
-
-
-class EnsembleModel(nn.Module):
-    """C member models and a router; parameters ``members.<c>.<name>`` and ``router.logits``."""
-
-    def __init__(self, members: list[nn.Module], router: Router) -> None:
-        super().__init__()
-        if len(members) != router.num_adaptors:
-            raise ValueError(f"{len(members)} members but the router mixes {router.num_adaptors}")
-        self.members = nn.ModuleList(members)
-        self.router = router
-
-    def forward(self, x: Tensor, pi: Tensor | None = None) -> Tensor:
-        """The pi-weighted sum of the members' outputs (logits for classification)."""
-        if pi is None:
-            pi = self.router.weights(self.training)
-        return sum(pi[c] * m(x) for c, m in enumerate(self.members))
-
-
-def member_of(name: str) -> int:
-    """Index c of the member a parameter ``members.<c>.*`` belongs to."""
-    return int(name[len(MEMBERS):].split(".", 1)[0])
-
-
-def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_lr: float = 0.1,
+def ensemble(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
              router: RouterConfig | None = None, optimal_router: bool = False,
              server_opt: ServerOptimizer | None = None, weight_decay: float = 0.0,
              name: str = "ensemble") -> Algorithm:
-    """Build the Ensemble baseline from one model (copied C times, independently initialised)."""
+    """The Ensemble baseline from one model (copied C times, independently initialised)."""
     rc = router or RouterConfig()
-    net = EnsembleModel(independent_copies(model, num_models),
-                        Router(num_models, noise_std=rc.noise_std, floor=rc.floor, temperature=rc.temperature))
-    net.eval()
+    net = EnsembleModel(independent_copies(model, num_models), Router(num_models))
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in net.named_parameters() if k != ROUTER}
-    shared = routed_functions(net, task, rc, num_models, optimal_router, init_params, server_opt, router_lr)
+    routed = routed_functions(net, objective, rc, num_models, optimal_router, init_params, server_opt)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)
@@ -82,12 +45,29 @@ def ensemble(model: nn.Module, task: str, num_models: int, *, lr: float, router_
         params, opt = server_opt.update(old, avg, server["opt"])
         return {"params": params, "opt": opt}
 
-    alg = Algorithm(name=name, model=net, task=task, **shared.functions, aggregate=aggregate,
-                    optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: shared.router_rate if k == ROUTER else lr,
-                                             weight_decay=weight_decay),
-                    private_keys=("router.",),
-                    loss_spec=rc.loss_spec())
     total = sum(v.numel() for v in init_params.values())
-    alg.hparams.update(param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
-                       report=shared.report, optimal_router=optimal_router)
-    return alg
+    update = local_sgd(lr, lr_of=lambda k: routed.router_rate if k == ROUTER else lr, weight_decay_rate=weight_decay)
+    return Algorithm(name=name, model=net, objective=objective, **routed.functions(), aggregate=aggregate,
+                     local_update=update, private_keys=("router.",),
+                     loss_spec=LossSpec(router=rc) if rc.closed_form else None,
+                     param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
+                     report=router_report())
+
+
+@dataclass(frozen=True)
+class EnsembleOptimalOptions(RoutedOptions):
+    optimal_router: bool = True
+
+
+def _ensemble_builder(name: str):
+    def build(model: nn.Module, ctx: BuildContext, options: RoutedOptions) -> Algorithm:
+        return ensemble(model, ctx.objective, options.components(ctx), lr=ctx.train.lr, router=options.router,
+                        optimal_router=options.optimal_router, server_opt=ctx.server_optimizer(),
+                        weight_decay=ctx.train.weight_decay, name=name)
+
+    return build
+
+
+register("ensemble", RoutedOptions, "Ensemble: C full models mixed by a private router")(_ensemble_builder("ensemble"))
+register("ensemble_opt", EnsembleOptimalOptions,
+         "Ensemble with the optimal (true-cluster) router")(_ensemble_builder("ensemble_opt"))

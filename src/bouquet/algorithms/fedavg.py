@@ -1,20 +1,29 @@
 """FedAvg (McMahan et al.): one global model, clients run local SGD, the server averages by n_k.
 
-With ``finetune_epochs > 0`` in the run, evaluation fine-tunes the global model on each client's
-data first: the "FedAvg + local fine-tuning" baseline.
+``fedavg_ft`` is "FedAvg + local fine-tuning": before each evaluation the global model is fine-tuned on
+each client's training rows (evaluation only).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-from .base import Algorithm, LocalOptimizer, LossSpec, model_params, task_loss, weighted_mean
+from ..checks import require
+from .contract import Algorithm, Finetune, LossSpec, Objective, model_params, task_loss, weighted_mean
+from .local_update import LocalUpdate, local_sgd
+from .registry import BuildContext, NoOptions, register
 from .server_opt import ServerOptimizer, server_sgd
 
 
-def fedavg(model: nn.Module, task: str, *, lr: float, weight_decay: float = 0.0,
-           server_opt: ServerOptimizer | None = None, name: str = "fedavg") -> Algorithm:
-    """Build FedAvg over ``model`` (its current parameters are the initial global model)."""
+def fedavg(model: nn.Module, objective: Objective, *, lr: float, weight_decay: float = 0.0,
+           server_opt: ServerOptimizer | None = None, finetune: Finetune | None = None,
+           local_update: LocalUpdate | None = None, name: str = "fedavg") -> Algorithm:
+    """FedAvg over ``model`` (its current parameters are the initial global model).
+
+    ``local_update`` replaces plain SGD as the clients' step (FedProx builds on this).
+    """
     server_opt = server_opt or server_sgd(1.0)
     init_params = model_params(model)
 
@@ -29,10 +38,9 @@ def fedavg(model: nn.Module, task: str, *, lr: float, weight_decay: float = 0.0,
         return dict(payload)
 
     def loss(trainable, payload, client_state, batch):
-        out = alg.apply(trainable, batch["x"])
-        return task_loss(out, batch["y"], batch["w"], task)
+        return task_loss(alg.apply(trainable, batch["x"]), batch["y"], batch["w"], objective)
 
-    def client_final(trainable, payload, client_state, num_examples):
+    def client_final(trainable, payload, client_state, num_examples, batches):
         return dict(trainable), {}
 
     def aggregate(server, uploads, num_examples):
@@ -43,8 +51,37 @@ def fedavg(model: nn.Module, task: str, *, lr: float, weight_decay: float = 0.0,
     def personalize(server, client_state):
         return server["params"]
 
-    alg = Algorithm(name=name, model=model, task=task, init=init, broadcast=broadcast, client_init=client_init,
-                    loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
-                    optimizer=LocalOptimizer(lr=lr, weight_decay=weight_decay),
-                    finetune_filter=lambda name: True, loss_spec=LossSpec())
+    alg = Algorithm(name=name, model=model, objective=objective, init=init, broadcast=broadcast,
+                    client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                    personalize=personalize,
+                    local_update=local_update or local_sgd(lr, weight_decay_rate=weight_decay),
+                    finetune=finetune, loss_spec=LossSpec())
     return alg
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Local fine-tuning before evaluation: epochs over the client's training data, lr (default: train.lr)."""
+
+    epochs: int = 1
+    lr: float | None = None
+
+    def check(self, s: str) -> None:
+        require(self.epochs >= 1, f"{s}.epochs", "an integer >= 1", self.epochs)
+        require(self.lr is None or self.lr > 0, f"{s}.lr", "none or a number > 0", self.lr)
+
+    def finetune(self, train_lr: float, trainable=None) -> Finetune:
+        lr = self.lr if self.lr is not None else train_lr
+        return Finetune(self.epochs, lr) if trainable is None else Finetune(self.epochs, lr, trainable)
+
+
+@register("fedavg", NoOptions, "FedAvg: one global model")
+def build_fedavg(model: nn.Module, ctx: BuildContext, options: NoOptions) -> Algorithm:
+    return fedavg(model, ctx.objective, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay,
+                  server_opt=ctx.server_optimizer())
+
+
+@register("fedavg_ft", FinetuneOptions, "FedAvg + local fine-tuning before evaluation")
+def build_fedavg_ft(model: nn.Module, ctx: BuildContext, options: FinetuneOptions) -> Algorithm:
+    return fedavg(model, ctx.objective, lr=ctx.train.lr, weight_decay=ctx.train.weight_decay,
+                  server_opt=ctx.server_optimizer(), finetune=options.finetune(ctx.train.lr), name="fedavg_ft")

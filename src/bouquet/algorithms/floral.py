@@ -9,49 +9,23 @@ averages the base with weights n_k and adaptor c with p(k|c) proportional to n_k
 official code it averages A and B separately (not B A): the method's known aggregation mismatch.
 
 The default is the clean form (no router floor, no router noise, zero adaptor-bias init, undamped
-server step); ``paper_*`` switches reproduce the official code (see docs/floral.md).
+server step); ``paper_*`` switches and ``floral_paper`` reproduce the official code (docs/floral.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor, nn
-from torch.func import functional_call, grad
+from torch import nn
 
-from ..adapters import MixtureModel, inject, mixture_weights, param_role, precondition_lora_grads
-from .base import Algorithm, LocalOptimizer, LossSpec, Params, task_loss, weighted_mean
-from .routing import (
-    MIXTURE_WEIGHT,
-    ORACLE_OFF,
-    ROUTER,
-    component_weights,
-    initial_logits,
-    routed_mean,
-    router_report,
-)
+from ..adapters import MixtureModel, inject, param_role
+from ..checks import require, require_rank
+from .contract import Algorithm, LossSpec, Objective, weighted_mean
+from .local_update import local_sgd
+from .registry import BuildContext, register
+from .routed import routed_functions
+from .routing import MIXTURE_WEIGHT, ROUTER, RouterConfig, component_weights, routed_mean, router_field, router_report
 from .server_opt import ServerOptimizer, server_sgd
-
-
-@dataclass(frozen=True)
-class RouterConfig:
-    """How logits become pi: noise_std * U[0,1) training noise, floor (no renormalisation), temperature."""
-
-    noise_std: float = 0.0
-    floor: float = 0.0
-    temperature: float = 1.0
-    entropy: float = 0.0  # loss - entropy * H(pi): > 0 pushes pi towards uniform, < 0 towards one-hot
-    init_std: float = 0.0  # ours: random initial logits N(0, init_std^2) instead of zeros (paper)
-    steps: int = 0  # ours: router-only SGD steps (at the router's learning rate) before local training
-    select: str = "gradient"  # ours, "loss": each visit pick the component of lowest training loss (IFCA-style)
-
-    def loss_spec(self, precondition_eps: float | None = None) -> LossSpec | None:
-        """The routed loss in closed form for the engine's kernels; None with router noise or a floor,
-        which are outside that form (the engine then differentiates ``loss`` itself)."""
-        if self.noise_std or self.floor:
-            return None
-        return LossSpec(ROUTER, self.temperature, self.entropy, precondition_eps)
 
 
 @dataclass(frozen=True)
@@ -68,139 +42,32 @@ class LearningRates:
 
 
 def wrap(model: nn.Module, num_adaptors: int, rank: float | int = 0.01, *, adaptor_bias: bool = True,
-         init_bias: str = "zeros", router: RouterConfig | None = None, **inject_options) -> MixtureModel:
-    """One call from a user's model to a FLoRAL MixtureModel (C adaptors on every Linear/Conv2d)."""
-    from ..adapters import Router
+         init_bias: str = "zeros", **inject_options) -> MixtureModel:
+    """One call from a user's model to a FLoRAL MixtureModel (C adaptors on every Linear/Conv2d).
 
-    r = router or RouterConfig()
+    The user's model is copied, never changed; ``inject_options`` go to ``adapters.inject``.
+    """
     return inject(model, num_adaptors=num_adaptors, rank=rank, adaptor_bias=adaptor_bias, init_bias=init_bias,
-                  router=Router(num_adaptors, noise_std=r.noise_std, floor=r.floor, temperature=r.temperature),
                   **inject_options)
 
 
-def entropy(pi: Tensor) -> Tensor:
-    """Shannon entropy of a mixture (0 log 0 = 0)."""
-    return -(pi * torch.log(pi.clamp_min(1e-30))).sum()
-
-
-def lora_preconditioner(eps: float):
-    """``grad_transform`` applying ScaledGD/Riemannian preconditioning to every lora_A/lora_B pair."""
-
-    def transform(trainable: Params, grads: Params) -> Params:
-        return precondition_lora_grads(trainable, grads, eps=eps)
-
-    return transform
-
-
-@dataclass(frozen=True)
-class RoutedFunctions:
-    """The client side shared by the routed mixtures (FLoRAL, Ensemble), the router report, and the
-    router's local learning rate (0 when the router is fixed: the oracle, or chosen by loss)."""
-
-    functions: dict
-    report: object
-    router_rate: float
-
-
-def routed_functions(net: nn.Module, task: str, rc: RouterConfig, num: int, optimal_router: bool,
-                     init_params: Params, server_opt: ServerOptimizer, router_lr: float) -> RoutedFunctions:
-    """init, broadcast, client_init, loss, client_final and personalize of a mixture whose forward takes ``pi``.
-
-    Server state: the mixture's parameters without the router; client state: the router logits
-    (private). Clients upload their parameters and ``mixture_weight`` = softmax(logits), never the logits.
-    """
-    dtype = next(iter(init_params.values())).dtype
-    seen: dict[str, Tensor] = {}
-
-    def init(gen, clusters):
-        seen["clusters"] = clusters.clone()
-        params = {k: v.clone() for k, v in init_params.items()}
-        return ({"params": params, "opt": server_opt.init(params)},
-                {ROUTER: initial_logits(clusters, num, optimal_router, dtype, gen, rc.init_std)})
-
-    def broadcast(server):
-        return dict(server["params"])
-
-    def routed_loss(logits, params, batch):
-        pi = mixture_weights(logits, training=True, noise_std=rc.noise_std, floor=rc.floor,
-                             temperature=rc.temperature)
-        out = functional_call(net, params, (batch["x"],), {"pi": pi}, strict=False)
-        value = task_loss(out, batch["y"], batch["w"], task)
-        if rc.entropy:
-            value = value - rc.entropy * entropy(torch.softmax(logits / rc.temperature, dim=-1))
-        return value
-
-    def refresh(logits, params, batches):
-        # Router-only SGD on the model just downloaded: the router catches up with components that moved
-        # since this client's last visit before they are trained (and averaged) under its weights.
-        num_batches = batches["w"].shape[0]
-        for i in range(rc.steps):
-            batch = {k: v[i % num_batches] for k, v in batches.items()}
-            logits = logits - router_lr * grad(routed_loss)(logits, params, batch)
-        return logits.detach()
-
-    def choose(logits, params, batches):
-        # Loss-selected router: one-hot on the component of lowest loss on this round's training rows.
-        # Components tied within float noise (identical at the start) go to the client's largest logit:
-        # its last choice, or its random initial preference, which breaks the symmetry between them.
-        flat = {k: v.flatten(0, 1) for k, v in batches.items()}
-        eye = torch.eye(num, dtype=logits.dtype, device=logits.device)
-        losses = torch.stack([task_loss(functional_call(net, params, (flat["x"],), {"pi": eye[c]}, strict=False),
-                                        flat["y"], flat["w"], task) for c in range(num)])
-        tied = losses <= losses.min() + 1e-6 * (1 + losses.min().abs())
-        pick = torch.where(tied, logits, torch.full_like(logits, -torch.inf)).argmax()
-        return torch.where(torch.arange(num, device=logits.device) == pick, 0.0, ORACLE_OFF).to(logits.dtype)
-
-    def client_init(payload, client_state, batches):
-        trainable = dict(payload)
-        if not optimal_router:
-            logits = client_state[ROUTER]
-            if rc.select == "loss":
-                logits = choose(logits, payload, batches)
-            elif rc.steps:
-                logits = refresh(logits, payload, batches)
-            trainable[ROUTER] = logits
-        return trainable
-
-    def loss(trainable, payload, client_state, batch):
-        logits = trainable.get(ROUTER, client_state[ROUTER])
-        return routed_loss(logits, {k: v for k, v in trainable.items() if k != ROUTER}, batch)
-
-    def client_final(trainable, payload, client_state, num_examples):
-        logits = trainable.get(ROUTER, client_state[ROUTER])
-        upload = {k: v for k, v in trainable.items() if k != ROUTER}
-        upload[MIXTURE_WEIGHT] = torch.softmax(logits, dim=-1)  # p(c|k) as in the paper: no noise, floor, temp
-        return upload, {ROUTER: logits}
-
-    def personalize(server, client_state):
-        return {**server["params"], ROUTER: client_state[ROUTER]}
-
-    functions = {"init": init, "broadcast": broadcast, "client_init": client_init, "loss": loss,
-                 "client_final": client_final, "personalize": personalize}
-    fixed = optimal_router or rc.select == "loss"  # set at client_init, not trained by SGD
-    return RoutedFunctions(functions, router_report(lambda: seen.get("clusters")), 0.0 if fixed else router_lr)
-
-
-def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None = None, router_lr: float = 0.1,
+def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: float | None = None,
            router: RouterConfig | None = None, precondition: bool = True, precondition_eps: float = 1e-5,
            optimal_router: bool = False, server_opt: ServerOptimizer | None = None,
            weight_decay: float = 0.0, name: str = "floral") -> Algorithm:
-    """Build FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
+    """FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
 
     ``optimal_router=True`` is the oracle: each client's pi is fixed to its true cluster's one-hot.
-    ``router`` overrides the MixtureModel's router settings (they are written back to it, since the
-    evaluation forward reads them from the template).
+    ``router`` holds every router setting (learning rate, noise, floor, temperature, ...).
     """
     if not isinstance(model, MixtureModel):
-        raise TypeError(f"floral needs a MixtureModel (see bouquet.algorithms.floral.wrap), got {type(model)}")
-    rc = router or RouterConfig(model.router.noise_std, model.router.floor, model.router.temperature)
-    model.router.noise_std, model.router.floor, model.router.temperature = rc.noise_std, rc.floor, rc.temperature
-    model.eval()  # the template's mode drives the evaluation forward: no router noise there
+        raise TypeError(f"floral needs a MixtureModel (see bouquet.wrap), got {type(model).__name__}")
+    rc = router or RouterConfig()
     num = model.num_adaptors
     server_opt = server_opt or server_sgd(1.0)
     init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
-    shared = routed_functions(model, task, rc, num, optimal_router, init_params, server_opt, router_lr)
-    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, shared.router_rate)
+    routed = routed_functions(model, objective, rc, num, optimal_router, init_params, server_opt)
+    rates = LearningRates(lr, lr if lora_lr is None else lora_lr, routed.router_rate)
 
     def aggregate(server, uploads, num_examples):
         weights = component_weights(uploads[MIXTURE_WEIGHT], num_examples)
@@ -215,17 +82,13 @@ def floral(model: MixtureModel, task: str, *, lr: float, lora_lr: float | None =
 
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
-    optimizer = LocalOptimizer(lr=lr, lr_of=rates.of, weight_decay=weight_decay,
-                               grad_transform=lora_preconditioner(precondition_eps) if precondition else None)
-    alg = Algorithm(name=name, model=model, task=task, **shared.functions, aggregate=aggregate,
-                    optimizer=optimizer, private_keys=("router.",),
-                    loss_spec=rc.loss_spec(precondition_eps if precondition else None))
-    alg.hparams.update(
-        param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
-        report=shared.report,
-        num_adaptors=num, optimal_router=optimal_router,
-    )
-    return alg
+    update = local_sgd(lr, lr_of=rates.of, weight_decay_rate=weight_decay,
+                       precondition_eps=precondition_eps if precondition else None)
+    return Algorithm(name=name, model=model, objective=objective, **routed.functions(), aggregate=aggregate,
+                     local_update=update, private_keys=("router.",),
+                     loss_spec=LossSpec(router=rc) if rc.closed_form else None,
+                     param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
+                     report=router_report())
 
 
 def damped_server_lr(server_lr: float, lora_lr: float):
@@ -235,3 +98,112 @@ def damped_server_lr(server_lr: float, lora_lr: float):
         return lora_lr if param_role(name) == "adaptor" else server_lr
 
     return lr_of
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration: FLoRAL, its budgets, the optimal-router oracles and the official code's preset.
+
+
+@dataclass(frozen=True)
+class RoutedOptions:
+    """A routed mixture: number of components C (None = the dataset's clusters), oracle, router settings."""
+
+    num_components: int | None = None
+    optimal_router: bool = False
+    router: RouterConfig = router_field()
+
+    def check(self, s: str) -> None:
+        require(self.num_components is None or self.num_components >= 1, f"{s}.num_components",
+                "none or an integer >= 1", self.num_components)
+        self.router.check(s)
+        require(self.router.select == "gradient" or self.router.init_std > 0 or self.optimal_router,
+                f"{s}.router_init_std", '> 0 with router_select = "loss" (it breaks ties between identical '
+                "components)", self.router.init_std)
+
+    def components(self, ctx: BuildContext) -> int:
+        return self.num_components or ctx.num_clusters
+
+
+@dataclass(frozen=True)
+class FloralOptions(RoutedOptions):
+    """FLoRAL: adaptor budget, learning rates, preconditioning and the paper-compatibility switches."""
+
+    rank: float = 0.01  # budget rho < 1 (adaptor ~ rho of each layer's weights) or an integer rank
+    router: RouterConfig = router_field(init_std=1.0)  # ours: random initial logits
+    adaptor_bias: bool = True  # a full-width bias per adaptor (the paper's "adaptive bias")
+    lora_lr: float | None = None  # adaptor learning rate; None = train.lr
+    precondition: bool = True  # ScaledGD / Riemannian LoRA preconditioning, on in the official code
+    precondition_eps: float = 1e-5
+    conv_variant: str = "balanced_2d"
+    target_modules: list[str] | None = None  # None = every Linear and Conv2d, classifier included
+    paper_bias_init: bool = False  # official: adaptor biases start at U(+-1/sqrt(r)), not zero
+    paper_server_damping: bool = False  # official: the server moves adaptors by lora_lr of their update
+    paper_conv_rank_bug: bool = False  # official: conv ranks computed with 2 kernel elements, not kh*kw
+
+    def check(self, s: str) -> None:
+        super().check(s)
+        require_rank(self.rank, f"{s}.rank")
+        require(self.lora_lr is None or self.lora_lr > 0, f"{s}.lora_lr", "none or a number > 0", self.lora_lr)
+        require(self.precondition_eps > 0, f"{s}.precondition_eps", "a number > 0", self.precondition_eps)
+
+
+@dataclass(frozen=True)
+class Floral10Options(FloralOptions):
+    rank: float = 0.1
+
+
+@dataclass(frozen=True)
+class FloralOptimalOptions(FloralOptions):
+    optimal_router: bool = True
+
+
+@dataclass(frozen=True)
+class Floral10OptimalOptions(FloralOptions):
+    rank: float = 0.1
+    optimal_router: bool = True
+
+
+@dataclass(frozen=True)
+class FloralPaperOptions(FloralOptions):
+    """The official code's behaviour: noise 1, floor 0.01, random adaptor bias, damped server, conv rank bug."""
+
+    router: RouterConfig = router_field(noise=1.0, floor=0.01)
+    paper_bias_init: bool = True
+    paper_server_damping: bool = True
+    paper_conv_rank_bug: bool = True
+
+
+def as_rank(value: float) -> float | int:
+    """A rank option: integers >= 1 are ranks, values below 1 budgets."""
+    return int(value) if value >= 1 else value
+
+
+def build_floral(model: nn.Module, ctx: BuildContext, options: FloralOptions, name: str = "floral") -> Algorithm:
+    """FLoRAL (or a variant) from the experiment's model and the options of ``[algo.<name>]``."""
+    mixture = wrap(model, options.components(ctx), as_rank(options.rank), adaptor_bias=options.adaptor_bias,
+                   init_bias="uniform" if options.paper_bias_init else "zeros",
+                   target_modules=options.target_modules, conv_variant=options.conv_variant,
+                   paper_conv_rank_bug=options.paper_conv_rank_bug)
+    lora_lr = options.lora_lr if options.lora_lr is not None else ctx.train.lr
+    lr_of = damped_server_lr(ctx.server.lr, lora_lr) if options.paper_server_damping else None
+    return floral(mixture, ctx.objective, lr=ctx.train.lr, lora_lr=lora_lr, router=options.router,
+                  precondition=options.precondition, precondition_eps=options.precondition_eps,
+                  optimal_router=options.optimal_router, server_opt=ctx.server_optimizer(lr_of),
+                  weight_decay=ctx.train.weight_decay, name=name)
+
+
+def _floral_builder(name: str):
+    def build(model, ctx, options):
+        return build_floral(model, ctx, options, name=name)
+
+    return build
+
+
+for _name, _opts, _summary in (
+    ("floral", FloralOptions, "FLoRAL 1%: federated base + C routed low-rank adaptors, private routers"),
+    ("floral_10", Floral10Options, "FLoRAL 10%: adaptor budget rho = 0.1"),
+    ("floral_opt", FloralOptimalOptions, "FLoRAL 1% with the optimal (true-cluster) router"),
+    ("floral_10_opt", Floral10OptimalOptions, "FLoRAL 10% with the optimal (true-cluster) router"),
+    ("floral_paper", FloralPaperOptions, "FLoRAL as the official code runs it (noise, floor, bias init, damping)"),
+):
+    register(_name, _opts, _summary)(_floral_builder(_name))

@@ -12,12 +12,17 @@ choice yet and is evaluated with model 0.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .base import Algorithm, LocalOptimizer, LossSpec, task_loss
-from .ensemble import independent_copies
+from ..adapters import independent_copies
+from ..checks import require
+from .contract import Algorithm, LossSpec, Objective, task_loss
+from .local_update import local_sgd
+from .registry import BuildContext, register
 from .routing import router_report
 from .server_opt import ServerOptimizer, server_sgd
 
@@ -30,19 +35,17 @@ def select(stacked: dict[str, Tensor], onehot: Tensor) -> dict[str, Tensor]:
     return {k: torch.tensordot(onehot.to(v.dtype), v, dims=1) for k, v in stacked.items()}
 
 
-def ifca(model: nn.Module, task: str, num_models: int, *, lr: float, server_opt: ServerOptimizer | None = None,
-         weight_decay: float = 0.0, name: str = "ifca") -> Algorithm:
-    """Build IFCA with ``num_models`` independently initialised copies of ``model``."""
+def ifca(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
+         server_opt: ServerOptimizer | None = None, weight_decay: float = 0.0, name: str = "ifca") -> Algorithm:
+    """IFCA with ``num_models`` independently initialised copies of ``model``."""
     copies = independent_copies(model, num_models)
-    template = copies[0].eval()
+    template = copies[0]
     names = [k for k, _ in template.named_parameters()]
     stacked0 = {k: torch.stack([dict(m.named_parameters())[k].detach().clone() for m in copies]) for k in names}
     server_opt = server_opt or server_sgd(1.0)
     dtype = stacked0[names[0]].dtype
-    seen: dict[str, Tensor] = {}
 
     def init(gen, clusters):
-        seen["clusters"] = clusters.clone()
         params = {k: v.clone() for k, v in stacked0.items()}
         return {"params": params, "opt": server_opt.init(params)}, {CHOICE: torch.zeros(len(clusters), num_models,
                                                                                          dtype=dtype)}
@@ -55,15 +58,15 @@ def ifca(model: nn.Module, task: str, num_models: int, *, lr: float, server_opt:
         y = batches["y"].flatten(0, 1)
         w = batches["w"].flatten(0, 1)
         losses = torch.stack([task_loss(functional_call(template, {k: v[c] for k, v in payload.items()}, (x,)),
-                                        y, w, task) for c in range(num_models)])
+                                        y, w, objective) for c in range(num_models)])
         onehot = (torch.arange(num_models, device=losses.device) == losses.argmin()).to(dtype)
         return {**select(payload, onehot), CHOICE: onehot}
 
     def loss(trainable, payload, client_state, batch):
         params = {k: v for k, v in trainable.items() if k != CHOICE}
-        return task_loss(functional_call(template, params, (batch["x"],)), batch["y"], batch["w"], task)
+        return task_loss(functional_call(template, params, (batch["x"],)), batch["y"], batch["w"], objective)
 
-    def client_final(trainable, payload, client_state, num_examples):
+    def client_final(trainable, payload, client_state, num_examples, batches):
         upload = {k: v for k, v in trainable.items() if k != CHOICE}
         upload[CLUSTER_WEIGHT] = trainable[CHOICE]
         return upload, {CHOICE: trainable[CHOICE]}
@@ -88,12 +91,29 @@ def ifca(model: nn.Module, task: str, num_models: int, *, lr: float, server_opt:
         h = torch.where(h.sum() > 0, h, first)
         return select(server["params"], h)
 
-    alg = Algorithm(name=name, model=template, task=task, init=init, broadcast=broadcast, client_init=client_init,
-                    loss=loss, client_final=client_final, aggregate=aggregate, personalize=personalize,
-                    optimizer=LocalOptimizer(lr=lr, lr_of=lambda k: 0.0 if k == CHOICE else lr,
-                                             weight_decay=weight_decay),
-                    private_keys=("ifca.",), loss_spec=LossSpec())
     one = sum(v[0].numel() for v in stacked0.values())
-    alg.hparams.update(param_counts={"models": one * num_models, "uploaded": one + num_models},
-                       report=router_report(lambda: seen.get("clusters"), key=CHOICE))
-    return alg
+    return Algorithm(name=name, model=template, objective=objective, init=init, broadcast=broadcast,
+                     client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                     personalize=personalize,
+                     local_update=local_sgd(lr, lr_of=lambda k: 0.0 if k == CHOICE else lr,
+                                            weight_decay_rate=weight_decay),
+                     private_keys=("ifca.",), loss_spec=LossSpec(),
+                     param_counts={"models": one * num_models, "uploaded": one + num_models},
+                     report=router_report(CHOICE))
+
+
+@dataclass(frozen=True)
+class IfcaOptions:
+    """IFCA: the number of cluster models (None = the dataset's number of clusters)."""
+
+    num_components: int | None = None
+
+    def check(self, s: str) -> None:
+        require(self.num_components is None or self.num_components >= 1, f"{s}.num_components",
+                "none or an integer >= 1", self.num_components)
+
+
+@register("ifca", IfcaOptions, "IFCA: C cluster models, each client uses the one of lowest training loss")
+def build_ifca(model: nn.Module, ctx: BuildContext, options: IfcaOptions) -> Algorithm:
+    return ifca(model, ctx.objective, options.num_components or ctx.num_clusters, lr=ctx.train.lr,
+                server_opt=ctx.server_optimizer(), weight_decay=ctx.train.weight_decay)

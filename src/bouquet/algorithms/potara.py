@@ -8,16 +8,19 @@ Round schedule (``R_f`` = ``federated_rounds``; rounds are counted by the server
 
 Every client keeps its local LoRA (private), a copy of the last federated model it received and the
 trace estimates of both, refreshed in ``client_final`` on a few of the round's batches (the engine
-passes them because ``final_batches=True``). ``personalize`` merges exactly in delta-W space,
+passes them to every ``client_final``). ``personalize`` merges exactly in delta-W space,
 W0 + lambda dW_F + (1 - lambda) dW_L, with lambda = tr_L / (bias + tr_F + tr_L) per client or layer.
 Which parts are reconstructions is said in docs/potara.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
+from ..checks import require
 from ..merging.closed_form import (
     bias_from_distance,
     lora_layers,
@@ -34,8 +37,19 @@ from ..merging.estimators import (
     sgd_trace,
     update_moments,
 )
-from .base import Params, add_prefix, prefixed, stack_for_clients, task_loss, weighted_mean
-from .lora_fed import LoraAlgorithm, _build
+from .contract import (
+    Algorithm,
+    Merging,
+    Objective,
+    Params,
+    add_prefix,
+    prefixed,
+    stack_for_clients,
+    task_loss,
+    weighted_mean,
+)
+from .lora import LoraOptions, common, lora_algorithm
+from .registry import BuildContext, register
 from .server_opt import ServerOptimizer, server_sgd
 
 FED, LOCAL, FINAL, COPY = "fed.", "local.", "final.", "fedcopy."
@@ -45,12 +59,12 @@ LOCAL_INITS = ("W0", "federated")
 GRANULARITIES = ("client", "layer")
 
 
-def potara(template: nn.Module, init: Params, task: str, *, lr: float, federated_rounds: int,
+def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float, federated_rounds: int,
            total_examples: int, estimator: str = "sgd_fisher", granularity: str = "client",
            bias_term: bool = True, local_init: str = "W0", damping: float = 1e-4, fisher_steps: int = 2,
            weighted: bool = True,
-           window: int = 5, weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> LoraAlgorithm:
-    """Build Potara over a LoRA template (see ``lora_fed.lora_model``) with the reconstruction's switches."""
+           window: int = 5, weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> Algorithm:
+    """Potara over a LoRA template (see ``lora_fed.lora_model``) with the reconstruction's switches."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: expected one of {ESTIMATORS}, got {estimator!r}")
     if granularity not in GRANULARITIES or local_init not in LOCAL_INITS:
@@ -94,11 +108,11 @@ def potara(template: nn.Module, init: Params, task: str, *, lr: float, federated
         for prefix in (FED, LOCAL):
             part = prefixed(trainable, prefix)
             if part:
-                value = value + task_loss(alg.apply(part, batch["x"]), batch["y"], batch["w"], task)
+                value = value + task_loss(alg.apply(part, batch["x"]), batch["y"], batch["w"], objective)
         return value
 
     def loglik(params, x, y):
-        return -task_loss(alg.apply(params, x), y, torch.ones(x.shape[0], dtype=x.dtype), task)
+        return -task_loss(alg.apply(params, x), y, torch.ones(x.shape[0], dtype=x.dtype), objective)
 
     def client_final(trainable, payload, client_state, num_examples, batches):
         upload = prefixed(trainable, FED)
@@ -154,8 +168,47 @@ def potara(template: nn.Module, init: Params, task: str, *, lr: float, federated
     def personalize(server, client_state):
         return merged(server, client_state, weight(server, client_state))
 
-    alg = _build("potara", template, task, lr, weight_decay, init=init_fn, broadcast=broadcast,
-                 client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
-                 personalize=personalize, private_keys=(LOCAL, COPY, M1, M2, "trace."), final_batches=True)
-    alg.hparams.update(merge=merged, mixing_weight=weight, layers=layers)
+    alg = lora_algorithm("potara", template, objective, lr, weight_decay, init=init_fn, broadcast=broadcast,
+                         client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                         personalize=personalize, private_keys=(LOCAL, COPY, M1, M2, "trace."),
+                         merging=Merging(merged, weight, tuple(layers) if layers is not None else None))
     return alg
+
+
+@dataclass(frozen=True)
+class PotaraOptions(LoraOptions):
+    """Potara: federated rounds R_f, trace estimator, lambda granularity, bias term, local LoRA init.
+
+    ``weighted``: curvature-weighted traces tr(F Sigma) for laplace_fisher (else plain tr Sigma).
+    """
+
+    federated_rounds: int = 5
+    estimator: str = "sgd_fisher"
+    granularity: str = "client"
+    bias_term: bool = True
+    local_init: str = "W0"
+    damping: float = 1e-4
+    weighted: bool = True
+    fisher_steps: int = 2
+    window: int = 5
+
+    def check(self, s: str) -> None:
+        super().check(s)
+        require(self.federated_rounds >= 1, f"{s}.federated_rounds", "an integer >= 1", self.federated_rounds)
+        require(self.estimator in ESTIMATORS, f"{s}.estimator", f"one of {list(ESTIMATORS)}", self.estimator)
+        require(self.granularity in GRANULARITIES, f"{s}.granularity", f"one of {list(GRANULARITIES)}",
+                self.granularity)
+        require(self.local_init in LOCAL_INITS, f"{s}.local_init", f"one of {list(LOCAL_INITS)}", self.local_init)
+        require(self.damping > 0, f"{s}.damping", "a number > 0", self.damping)
+        require(self.fisher_steps >= 1, f"{s}.fisher_steps", "an integer >= 1", self.fisher_steps)
+        require(self.window >= 1, f"{s}.window", "an integer >= 1", self.window)
+
+
+@register("potara", PotaraOptions, "Potara: federated and local LoRA merged in delta-W space, closed-form lambda")
+def build_potara(model: nn.Module, ctx: BuildContext, options: PotaraOptions) -> Algorithm:
+    t, init = options.template(model)
+    return potara(t, init, ctx.objective, federated_rounds=options.federated_rounds,
+                  total_examples=ctx.total_examples, estimator=options.estimator,
+                  granularity=options.granularity, bias_term=options.bias_term, local_init=options.local_init,
+                  damping=options.damping, weighted=options.weighted, fisher_steps=options.fisher_steps,
+                  window=options.window, **common(ctx))

@@ -1,7 +1,8 @@
 """Registry of algorithms: a name, an options dataclass (``[algo.<name>]`` in a config) and a builder.
 
-A builder receives a freshly initialised model, the federated dataset and the experiment, and
-returns an ``Algorithm``. New algorithms register themselves with ``@register``.
+A builder receives a freshly initialised (and, with ``[pretrain]``, pretrained) model and a
+``BuildContext`` of typed settings, and returns an ``Algorithm``; it does no I/O and no training.
+Each method module registers itself with ``@register``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,32 @@ from typing import Any
 
 from torch import nn
 
-from ..data.federated import FederatedDataset
-from .base import Algorithm
-from .server_opt import build_server_optimizer
+from .contract import Algorithm, Objective, TrainConfig
+from .server_opt import ServerConfig, ServerOptimizer
 
-Builder = Callable[[nn.Module, FederatedDataset, Any, Any], Algorithm]
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a builder may know of the run: the objective, the federation's shape and the optimizers."""
+
+    objective: Objective
+    num_clusters: int
+    total_examples: int
+    train: TrainConfig
+    server: ServerConfig
+
+    def server_optimizer(self, lr_of: Callable[[str], float] | None = None) -> ServerOptimizer:
+        """The ``[server]`` optimizer, optionally with a learning rate per parameter name."""
+        return self.server.build(lr_of)
+
+
+Builder = Callable[[nn.Module, BuildContext, Any], Algorithm]
 
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
+    """A registered algorithm: its options class, builder and one-line summary."""
+
     name: str
     options: type
     build: Builder
@@ -34,12 +52,14 @@ def register(name: str, options: type, summary: str) -> Callable[[Builder], Buil
     """Decorator adding a builder to ``ALGORITHMS`` under ``name``."""
 
     def wrap(fn: Builder) -> Builder:
+        if name in ALGORITHMS:
+            raise ValueError(f"algorithm {name!r} is registered twice")
         ALGORITHMS[name] = AlgorithmSpec(name, options, fn, summary)
         return fn
 
     return wrap
 
 
-def server_optimizer_of(exp, lr_of=None):
-    """The experiment's server optimizer (``[server]``)."""
-    return build_server_optimizer(exp.server.optimizer, exp.server.lr, exp.server.momentum, lr_of)
+@dataclass(frozen=True)
+class NoOptions:
+    """This algorithm has no options of its own."""

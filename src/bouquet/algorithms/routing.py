@@ -8,19 +8,63 @@ numbers (the paper's aggregation needs them) but never the router logits themsel
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checks import require
 from ..metrics import adjusted_rand_index
-from .base import Params
 
 ROUTER = "router.logits"
+SELECTIONS = ("gradient", "loss")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """A private router: how logits become pi and how they learn. The one home of these settings.
+
+    TOML: the ``router_*`` keys of an ``[algo.<name>]`` table (``router_lr``, ``router_temperature``...).
+    Training forward: pi = softmax((logits + noise * U[0, 1)) / temperature), clamped from below at
+    ``floor`` (no renormalisation); evaluation: the same without noise. The loss subtracts
+    ``entropy`` * H(pi). Ours, beyond the paper: ``init_std`` (random initial logits), ``steps``
+    (router-only steps before each local round), ``select = "loss"`` (one-hot on the lowest-loss component).
+    """
+
+    lr: float = 0.1
+    noise: float = 0.0  # official: 1.0
+    floor: float = 0.0  # official: 0.01
+    temperature: float = 1.0
+    entropy: float = 0.0  # > 0 pushes pi towards uniform, < 0 towards one-hot
+    init_std: float = 0.0  # paper: 0 (uniform pi)
+    steps: int = 0
+    select: str = "gradient"
+
+    def check(self, s: str) -> None:
+        require(self.lr >= 0, f"{s}.router_lr", "a number >= 0", self.lr)
+        require(self.noise >= 0, f"{s}.router_noise", "a number >= 0", self.noise)
+        require(0 <= self.floor < 1, f"{s}.router_floor", "a number in [0, 1)", self.floor)
+        require(self.temperature > 0, f"{s}.router_temperature", "a number > 0", self.temperature)
+        require(self.init_std >= 0, f"{s}.router_init_std", "a number >= 0", self.init_std)
+        require(isinstance(self.steps, int) and self.steps >= 0, f"{s}.router_steps", "an integer >= 0",
+                self.steps)
+        require(self.select in SELECTIONS, f"{s}.router_select", '"gradient" or "loss"', self.select)
+
+    @property
+    def closed_form(self) -> bool:
+        """True when pi is softmax(logits / temperature) exactly (no noise, no floor): kernel-friendly."""
+        return not (self.noise or self.floor)
 MIXTURE_WEIGHT = "mixture_weight"
 # Logit of the clusters a client does not belong to under the optimal-router oracle: exp(-1e4)
 # underflows to exactly 0 in float32/float64, so pi is an exact one-hot (the paper uses -100).
 ORACLE_OFF = -1e4
+
+
+def router_field(**defaults: Any) -> Any:
+    """An options field holding a ``RouterConfig``, read from the flat ``router_*`` keys of its TOML table."""
+    return field(default_factory=lambda: RouterConfig(**defaults), metadata={"flatten": "router_"})
 
 
 def initial_logits(clusters: Tensor, num_components: int, optimal: bool, dtype: torch.dtype,
@@ -57,23 +101,13 @@ def component_weights(mixture: Tensor, num_examples: Tensor) -> Tensor:
     return num_examples.to(mixture.dtype)[:, None] * mixture
 
 
-def router_report(clusters_of: Callable[[], Tensor | None], key: str = ROUTER
-                  ) -> Callable[[Mapping, Mapping[str, Tensor]], dict]:
-    """A ``hparams["report"]`` callable: ARI of each client's argmax component vs its true cluster."""
+def router_report(key: str = ROUTER):
+    """A report hook: ARI of each client's argmax component against its true cluster, and the choices."""
 
-    def report(server: Mapping, client_states: Mapping[str, Tensor]) -> dict:
-        clusters = clusters_of()
-        if clusters is None or key not in client_states:
+    def report(server: Mapping, client_states: Mapping[str, Tensor], clusters: Tensor) -> dict:
+        if key not in client_states:
             return {}
         choice = client_states[key].argmax(dim=-1).cpu()
-        return {"router_ari": adjusted_rand_index(choice, clusters.cpu()),
-                "router_clusters": choice.tolist()}
+        return {"router_ari": adjusted_rand_index(choice, clusters.cpu()), "router_clusters": choice.tolist()}
 
     return report
-
-
-def split_named(params: Mapping[str, Tensor], is_routed: Callable[[str], bool]) -> tuple[Params, Params]:
-    """(shared, routed) parts of a flat parameter dict."""
-    shared = {k: v for k, v in params.items() if not is_routed(k)}
-    routed = {k: v for k, v in params.items() if is_routed(k)}
-    return shared, routed

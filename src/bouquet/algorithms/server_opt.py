@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Params
+from ..checks import require
+
+Params = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,21 @@ def server_adam(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps
     return ServerOptimizer("adam", init, update)
 
 
-def build_server_optimizer(name: str, lr: float, momentum: float = 0.0,
-                           lr_of: Callable[[str], float] | None = None) -> ServerOptimizer:
-    """Server optimizer by config name (``sgd`` or ``adam``)."""
-    if name == "sgd":
-        return server_sgd(lr, momentum, lr_of)
-    if name == "adam":
-        return server_adam(lr, lr_of=lr_of)
-    raise ValueError(f"server.optimizer: expected 'sgd' or 'adam', got {name!r}")
+@dataclass(frozen=True)
+class ServerConfig:
+    """The server optimizer on the pseudo-gradient (``[server]``): sgd (lr 1 = FedAvg) or adam (FedAdam)."""
+
+    optimizer: str = "sgd"
+    lr: float = 1.0
+    momentum: float = 0.0
+
+    def check(self, s: str) -> None:
+        require(self.optimizer in ("sgd", "adam"), f"{s}.optimizer", "'sgd' or 'adam'", self.optimizer)
+        require(self.lr > 0, f"{s}.lr", "a number > 0", self.lr)
+        require(0 <= self.momentum < 1, f"{s}.momentum", "a number in [0, 1)", self.momentum)
+
+    def build(self, lr_of: Callable[[str], float] | None = None) -> ServerOptimizer:
+        """The optimizer these settings describe (``lr_of``: a rate per parameter name)."""
+        if self.optimizer == "adam":
+            return server_adam(self.lr, lr_of=lr_of)
+        return server_sgd(self.lr, self.momentum, lr_of)

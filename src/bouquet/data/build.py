@@ -154,5 +154,5 @@ def build_image_dataset(spec: DataSpec, src: ImageSource) -> FederatedDataset:
         "normalization": None if mean is None else {"mean": mean.tolist(), "std": std.tolist()},
     }
     return FederatedDataset(name=spec.name, clients=tuple(clients), input_shape=src.image_shape,
-                            num_outputs=src.num_classes, task="classification",
+                            num_outputs=src.num_classes, objective="classification",
                             num_clusters=spec.num_clusters, meta=meta)

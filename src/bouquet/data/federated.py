@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-TaskKind = Literal["classification", "regression"]
+Objective = Literal["classification", "regression"]
 
 
 class DataError(ValueError):
@@ -47,7 +47,7 @@ class FederatedDataset:
     clients: tuple[ClientData, ...]
     input_shape: tuple[int, ...]
     num_outputs: int
-    task: TaskKind
+    objective: Objective
     num_clusters: int
     meta: dict = field(default_factory=dict)
 
@@ -81,7 +81,7 @@ class FederatedDataset:
                     raise DataError(f"{where}: x_{split}, y_{split} and {split}_ids differ in length")
                 if not torch.isfinite(x).all():
                     raise DataError(f"{where}: x_{split} has NaN or Inf features")
-                if self.task == "classification":
+                if self.objective == "classification":
                     if y.dtype != torch.long:
                         raise DataError(f"{where}: y_{split} must be int64 class labels, got {y.dtype}")
                     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_outputs):

@@ -98,4 +98,4 @@ def build_synthetic(name: str, num_clients: int, num_clusters: int, seed: int, t
         "samples_per_param": SAMPLES_PER_PARAM[name], "noise": 0.0,
     }
     return FederatedDataset(name=name, clients=tuple(clients), input_shape=(DIM_IN,), num_outputs=out_dim,
-                            task="regression", num_clusters=num_clusters, meta=meta)
+                            objective="regression", num_clusters=num_clusters, meta=meta)

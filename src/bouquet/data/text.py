@@ -166,4 +166,4 @@ def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_clie
             "frozen_layers": FROZEN_LAYERS, "id_space": "rows of the tasks' pools, concatenated in task order"}
     return FederatedDataset(name="text_tasks", clients=tuple(clients), input_shape=(MAX_TOKENS, 385),
                             num_outputs=CLASSES_PER_TASK * (1 if shared_labels else num_tasks),
-                            task="classification", num_clusters=num_tasks, meta=meta)
+                            objective="classification", num_clusters=num_tasks, meta=meta)

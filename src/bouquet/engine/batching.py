@@ -75,16 +75,19 @@ def _client_order(n: int, steps: int | None, epochs: int, batch_size: int,
 
 def round_batches(arrays: SplitArrays, clients: Tensor, *, seed: int, round_idx: int, batch_size: int,
                   epochs: int = 1, steps: int | None = None, purpose: int = TRAIN,
-                  shuffle: bool = True) -> tuple[Tensor, Tensor]:
+                  shuffle: bool = True, streams: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Global row index ``[K, S, B]`` and weights ``[K, S, B]`` of every local step of the given clients.
 
-    Clients with fewer steps than the longest are padded with all-zero-weight steps (no update).
+    ``clients`` index ``arrays``; ``streams`` are the clients' ids for their random streams (default: the
+    same numbers; a node holding only some clients' rows passes their federation ids). Clients with
+    fewer steps than the longest are padded with all-zero-weight steps (no update).
     """
     per_client = []
-    for cid in clients.tolist():
+    stream_ids = clients.tolist() if streams is None else streams.tolist()
+    for cid, stream in zip(clients.tolist(), stream_ids, strict=True):
         n = int(arrays.sizes[cid])
         b = min(batch_size, n)
-        rng = client_rng(seed, round_idx, cid, purpose)
+        rng = client_rng(seed, round_idx, stream, purpose)
         per_client.append([o + int(arrays.offsets[cid]) for o in _client_order(n, steps, epochs, b, rng, shuffle)])
     num_steps = max(len(p) for p in per_client)
     index = torch.zeros(len(per_client), num_steps, batch_size, dtype=torch.long)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..results import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 MAGIC = b"BOUQUET-CHECKPOINT-1\n"
 _NAME = re.compile(r"^(?P<tag>.+)-r(?P<round>\d{7})\.ckpt$")

@@ -12,7 +12,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ..algorithms.base import Algorithm, ClientStates, ServerState, task_loss, task_score
+from ..algorithms import Algorithm, task_loss, task_score
+from ..algorithms.contract import ClientStates, ServerState
 from .batching import SplitArrays, padded_split
 
 
@@ -36,8 +37,8 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
 
     def one(cs, x, y, w):
         out = alg.apply(params_fn(cs), x)
-        s = task_score(out, y, alg.task)
-        return (s * w).sum() / w.sum().clamp_min(1.0), task_loss(out, y, w, alg.task)
+        s = task_score(out, y, alg.objective)
+        return (s * w).sum() / w.sum().clamp_min(1.0), task_loss(out, y, w, alg.objective)
 
     scores, losses = [], []
     for part in _chunks(len(clients), chunk):

@@ -21,11 +21,49 @@ pass through unchanged and are aggregated by the algorithm as usual.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..config import RobustConfig
+from ..checks import require
+from .validation import validate_uploads
+
+AGGREGATIONS = ("mean", "clip", "trimmed_mean", "median")
+ATTACKS = ("none", "scale", "nan")
+
+
+@dataclass(frozen=True)
+class RobustConfig:
+    """Defences against bad client updates (``[robust]``), and a simulated attack for experiments only.
+
+    ``aggregation``: mean (the algorithm's own) | clip (each update's norm clipped to ``clip_norm``, or
+    to the ``clip_quantile`` of the round's update norms when unset; 0.5 = median) | trimmed_mean
+    (``trim_fraction`` cut from each end per coordinate) | median (coordinate-wise).
+    ``max_update_norm`` rejects updates above it outright. ``attack`` makes a seeded ``attack_fraction``
+    of clients send scaled (``attack_scale``) or NaN updates.
+    """
+
+    aggregation: str = "mean"
+    clip_norm: float | None = None
+    clip_quantile: float = 0.5
+    trim_fraction: float = 0.1
+    max_update_norm: float | None = None
+    attack: str = "none"
+    attack_fraction: float = 0.2
+    attack_scale: float = 1e3
+
+    def check(self, s: str) -> None:
+        require(self.aggregation in AGGREGATIONS, f"{s}.aggregation", f"one of {list(AGGREGATIONS)}",
+                self.aggregation)
+        require(self.clip_norm is None or self.clip_norm > 0, f"{s}.clip_norm", "none or a number > 0",
+                self.clip_norm)
+        require(0 < self.clip_quantile <= 1, f"{s}.clip_quantile", "a number in (0, 1]", self.clip_quantile)
+        require(0 <= self.trim_fraction < 0.5, f"{s}.trim_fraction", "a number in [0, 0.5)", self.trim_fraction)
+        require(self.max_update_norm is None or self.max_update_norm > 0, f"{s}.max_update_norm",
+                "none or a number > 0", self.max_update_norm)
+        require(self.attack in ATTACKS, f"{s}.attack", f"one of {list(ATTACKS)}", self.attack)
+        require(0 <= self.attack_fraction <= 1, f"{s}.attack_fraction", "a number in [0, 1]", self.attack_fraction)
 
 # Seeds the choice of malicious clients apart from every other stream of the run.
 _ATTACK_STREAM = 104729
@@ -131,8 +169,6 @@ def guard_uploads(uploads: dict[str, Tensor], losses: Tensor, payload: Mapping[s
                   cfg: RobustConfig | None, num_clients: int, seed: int, round_idx: int
                   ) -> tuple[dict[str, Tensor], Tensor, dict]:
     """The engine's screening step: the simulated attack (if configured), then validation of every upload."""
-    from .validation import validate_uploads
-
     if cfg is not None:
         uploads = attack_uploads(uploads, payload, ids, cfg, num_clients, seed)
     max_norm = cfg.max_update_norm if cfg is not None else None

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from ..algorithms.base import Algorithm
+from ..algorithms import Algorithm
 
 log = logging.getLogger("bouquet.engine")
 
@@ -93,5 +93,25 @@ def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor, ids: Tensor 
     for i in range(num):
         if reasons[i] is not None:
             log.warning("round %s: update of client %s rejected: %s", round_idx, names[i], reasons[i])
-    report = {"rejected": rejected, "rejected_reasons": [r for r in reasons if r is not None]} if rejected else {}
+    report = {"rejected": rejected,
+              "rejected_reasons": {str(names[i]): reasons[i] for i in range(num) if reasons[i] is not None}
+              } if rejected else {}
     return ok, report
+
+
+def example_batch(input_shape: tuple[int, ...], objective: str, target_shape: tuple[int, ...] = ()) -> dict:
+    """One synthetic example as a client's batches [S=1, B=1, ...]: zeros, label 0, weight 1."""
+    x = torch.zeros(1, 1, *input_shape)
+    y = torch.zeros(1, 1, dtype=torch.long) if objective == "classification" else torch.zeros(1, 1, *target_shape)
+    return {"x": x, "y": y, "w": torch.ones(1, 1)}
+
+
+def upload_spec(alg: Algorithm, payload: Mapping[str, Tensor], client_state: Mapping[str, Tensor],
+                batches: Mapping[str, Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Keys, shapes and dtypes of a correct upload: ``client_init`` then ``client_final`` on ``batches``
+    (no training), e.g. from ``example_batch``; what a server checks untrusted replies against."""
+    with torch.no_grad(), alg.mode(False):
+        trainable = alg.client_init(dict(payload), dict(client_state), dict(batches))
+        n = torch.tensor(int(batches["w"].sum()))
+        upload, _ = alg.client_final(trainable, dict(payload), dict(client_state), n, dict(batches))
+    return {k: (tuple(v.shape), v.dtype) for k, v in upload.items()}

@@ -1,12 +1,13 @@
-"""The Flower engine: bouquet algorithms on Flower's simulation and deployment runtimes (docs/flower.md).
+"""The Flower translation layer: bouquet's round driver and client work behind Flower messages (docs/flower.md).
 
 Modules (import them directly; ``flwr`` is an optional dependency, ``pip install bouquet[flower]``):
 
-- ``serverapp`` / ``clientapp``: the ``ServerApp`` and ``ClientApp`` named in ``[tool.flwr.app]``
-- ``strategy``: ``BouquetStrategy``, any registered algorithm as a Message-API strategy
-- ``client``: one client's training and evaluation (the local engine's functions, per client)
-- ``task``: run config -> experiment, data and algorithm, built identically in every process
+- ``strategy``: ``BouquetStrategy``, the round driver as a Message-API ``Strategy``
+- ``client``: the ClientApp's handlers (query, train, evaluate) over ``engine.client_work``
+- ``job``: ``FlowerJob``, what both sides need of one (algorithm, seed)
 - ``records``: tensor dicts <-> ``ArrayRecord``, message key layout
 - ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure or TLS)
-- ``engine``: ``bouquet run --engine flower-sim | flower``
+
+The ``ServerApp``/``ClientApp`` objects, which build a job from a run config, and ``bouquet run --engine
+flower-sim | flower`` live in the app layer (``bouquet.app.flower_apps``, ``bouquet.app.flower_run``).
 """

@@ -1,6 +1,7 @@
-"""Potara's merging maths: closed-form mixing weights, trace estimators, the delta-W merge, the grid oracle.
+"""Potara's merging maths: closed-form mixing weights, trace estimators and the delta-W merge (pure tensors).
 
-See docs/potara.md for which parts are reconstructions of the (not fully public) paper.
+The lambda grid oracle, which scores merged models, is ``bouquet.engine.lambda_oracle``. See
+docs/potara.md for which parts are reconstructions of the (not fully public) paper.
 """
 
 from .closed_form import (
@@ -20,9 +21,7 @@ from .estimators import (
     sgd_trace,
     update_moments,
 )
-from .oracle import GRID, carve_validation, closed_form_lambdas, lambda_scores, oracle_lambdas
 
-__all__ = ["ESTIMATORS", "GRID", "bias_from_distance", "carve_validation", "client_spread", "closed_form_lambdas",
-           "diagonal_fisher", "expected_quadratic_loss", "iterate_trace", "lambda_scores", "laplace_trace",
-           "lora_layers", "merge_delta_w", "mixing_weight", "oracle_lambdas", "sgd_trace", "squared_distance",
-           "update_moments"]
+__all__ = ["ESTIMATORS", "bias_from_distance", "client_spread", "diagonal_fisher", "expected_quadratic_loss",
+           "iterate_trace", "laplace_trace", "lora_layers", "merge_delta_w", "mixing_weight", "sgd_trace",
+           "squared_distance", "update_moments"]

@@ -52,12 +52,6 @@ def lora_layers(params: Mapping[str, Tensor]) -> list[str]:
     return sorted({layer_of(k) for k in params if k.endswith(".lora_A")})
 
 
-def group_index(names: list[str], layers: list[str]) -> list[int]:
-    """Position of each parameter's layer in ``layers`` (-1 when it belongs to none)."""
-    pos = {layer: i for i, layer in enumerate(layers)}
-    return [pos.get(layer_of(n), -1) for n in names]
-
-
 def layer_lambda(lam: Tensor, layers: list[str], layer: str) -> Tensor:
     """The weight of one layer: ``lam`` is a scalar (one per client) or a vector with one entry per layer."""
     return lam if lam.dim() == 0 else lam[layers.index(layer)]

@@ -1,0 +1,107 @@
+"""Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``.
+
+``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from ..algorithms import ALGORITHMS
+from ..checks import ConfigError
+from ..data.federated import DataError
+from ..engine.checkpoint import RunInterrupted
+from .bench.cli import add_bench_parser, cmd_bench
+from .config import load_experiment
+from .report import results_table
+from .runner import resume_experiment, run_experiment
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bouquet", description="Personalized federated fine-tuning with low-rank "
+                                "adaptors: FLoRAL, Potara and their baselines.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment config")
+    run.add_argument("config", nargs="?", help="experiment TOML file (see configs/)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config value, e.g. --set run.rounds=10 (repeatable)")
+    run.add_argument("--out", help="run directory (default: runs/<name>-<time>)")
+    run.add_argument("--algorithms", help="comma-separated algorithms to run (default: the config's list)")
+    run.add_argument("--seeds", help="comma-separated seeds (default: run.seeds)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
+                     "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms or --seeds)")
+    run.add_argument("--engine", choices=["local", "flower-sim", "flower"],
+                     help="local (default: run.engine), flower-sim (Flower simulation runtime) or flower "
+                     "(a running SuperLink, see --superlink); docs/flower.md")
+    run.add_argument("--superlink", metavar="ADDRESS", help="with --engine flower: host:port of an insecure "
+                     "SuperLink, or the name of a connection in $FLWR_HOME/config.toml (TLS)")
+    sub.add_parser("algorithms", help="list the available algorithms")
+    add_bench_parser(sub)
+    return p
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        given = [o for o, v in (("CONFIG", args.config), ("--set", args.overrides), ("--algorithms", args.algorithms),
+                                ("--seeds", args.seeds), ("--out", args.out)) if v]
+        if given:
+            raise ConfigError(f"--resume: continues the run as configured in {args.resume}/config.toml; "
+                              f"drop {', '.join(given)}")
+        summary = resume_experiment(args.resume, progress=not args.no_progress)
+        print(results_table(summary))
+        print(f"run directory: {args.resume}")
+        return 0
+    if not args.config:
+        raise ConfigError("CONFIG: expected an experiment TOML file (or --resume RUN_DIR)")
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append(f"run.seeds=[{args.seeds}]")
+    if args.engine:
+        overrides.append(f"run.engine='{args.engine}'")
+    exp = load_experiment(args.config, overrides)
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else None
+    out = Path(args.out) if args.out else Path("runs") / f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = run_experiment(exp, out, algorithms, progress=not args.no_progress, superlink=args.superlink)
+    print(f"\n{exp.name}: {exp.data.name}, {exp.data.num_clients} clients, {exp.run.rounds} rounds")
+    print(results_table(summary))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    for name, spec in sorted(ALGORITHMS.items()):
+        print(f"{name:20s} {spec.summary}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and run; configuration and data errors print one line and exit with status 2."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "bench":
+            return cmd_bench(args)
+        return _cmd_algorithms(args)
+    except (ConfigError, DataError) as err:
+        print(f"bouquet: error: {err}", file=sys.stderr)
+        return 2
+    except RunInterrupted as err:
+        print(f"bouquet: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("bouquet: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as err:  # a run that failed outside bouquet (e.g. FlowerRunError): one line, status 1
+        if not getattr(err, "user_facing", False):
+            raise
+        print(f"bouquet: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

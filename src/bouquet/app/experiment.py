@@ -1,0 +1,62 @@
+"""The experiment factory: an experiment's data, model and algorithm for one seed, built the same way by
+every engine and process (the simulator's runner, the Flower ServerApp and ClientApps, the benchmarks).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..algorithms import ALGORITHMS, Algorithm, BuildContext
+from ..checks import ConfigError
+from ..data import DataSpec, build_dataset
+from ..data.federated import FederatedDataset
+from ..models import build_model
+from .config import Experiment
+from .pretrain import load_pretrained
+
+
+def data_for_seed(exp: Experiment, seed: int) -> DataSpec:
+    """The data seed follows the run seed, so repetitions differ in data draws too (as in the paper)."""
+    return replace(exp.data, seed=exp.data.seed + seed)
+
+
+def dataset_for_seed(exp: Experiment, seed: int) -> FederatedDataset:
+    """The federated dataset of one repetition."""
+    return build_dataset(data_for_seed(exp, seed))
+
+
+def build_context(exp: Experiment, data: FederatedDataset) -> BuildContext:
+    """What the algorithm builders may know of the run."""
+    return BuildContext(objective=data.objective, num_clusters=data.num_clusters,
+                        total_examples=int(data.train_sizes().sum()), train=exp.train, server=exp.server)
+
+
+def seeded_model(exp: Experiment, data: FederatedDataset, seed: int) -> nn.Module:
+    """Every global RNG seeded, then the experiment's model (pretrained when it has a [pretrain] table)."""
+    # Every global RNG is seeded, so a run's checkpoints (which hold them all) are reproducible too.
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    # Factories raise ValueError for option values that cannot work with this data (an image model on
+    # vectors): user errors, reported like config errors.
+    try:
+        model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
+    except ValueError as err:
+        raise ConfigError(f"model.name: {exp.model.name!r} cannot be built for {data.name!r}: {err}") from None
+    return load_pretrained(model, exp, data) if exp.pretrain is not None else model
+
+
+def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Algorithm, int]:
+    """Seeded (and pretrained) model, then the algorithm; returns it with the base model's parameter count."""
+    model = seeded_model(exp, data, seed)
+    base = sum(p.numel() for p in model.parameters())
+    try:
+        alg = ALGORITHMS[name].build(model, build_context(exp, data), exp.algo[name])
+    except ValueError as err:  # an adapter target matching no layer, a head covering the whole model, ...
+        raise ConfigError(f"algo.{name}: {err}") from None
+    return alg, base

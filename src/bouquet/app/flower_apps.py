@@ -1,0 +1,91 @@
+"""bouquet's Flower ``ServerApp`` and ``ClientApp`` (named in ``[tool.flwr.app.components]``).
+
+Both build their ``FlowerJob`` from the run config (``flower_job``) and hand it to the translation
+layer (``bouquet.flower``). Outputs of the ServerApp: every round record and the final summary as
+``bouquet-record {json}`` / ``bouquet-summary {json}`` log lines (``flwr run --stream`` and ``flwr log``
+carry them to the user, wherever the SuperLink runs), and with ``out`` set the simulator's run directory
+(config.toml, metrics.jsonl, summary.json) on the ServerApp's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from ..engine.summary import aggregate_seeds, summary
+from ..files import atomic_write_json, atomic_write_toml, write_jsonl
+from ..flower.client import evaluate_reply, query_reply, train_reply
+from ..flower.job import FlowerJob
+from ..flower.strategy import BouquetStrategy
+from .flower_job import load_job
+
+RECORD, SUMMARY = "bouquet-record ", "bouquet-summary "
+log = logging.getLogger("bouquet.flower")
+
+serverapp = ServerApp()
+clientapp = ClientApp()
+
+
+def _threads(context: Context, key: str) -> None:
+    torch.set_num_threads(int(context.run_config.get(key, 1)))
+
+
+@clientapp.query()
+def _query(msg: Message, context: Context) -> Message:
+    return query_reply(msg, context)
+
+
+@clientapp.train()
+def _train(msg: Message, context: Context) -> Message:
+    _threads(context, "client-threads")
+    return train_reply(msg, context, load_job(dict(context.run_config)))
+
+
+@clientapp.evaluate()
+def _evaluate(msg: Message, context: Context) -> Message:
+    _threads(context, "client-threads")
+    return evaluate_reply(msg, context, load_job(dict(context.run_config)))
+
+
+def run_summary(job: FlowerJob, strategy: BouquetStrategy, wall: float) -> dict:
+    """The simulator's per-(algorithm, seed) summary plus a ``flower`` section."""
+    out = summary(job.alg, job.seed, strategy.log, strategy.state, strategy.counts, wall,
+                  "sequential (on the SuperNodes)")
+    records = strategy.log.records
+    out["flower"] = {
+        "failed_updates": sum(len(r.get("failed", [])) for r in records),
+        "skipped_rounds": [r["round"] for r in records if r.get("skipped")],
+        "received_keys": sorted(strategy.received_keys),
+        "partition_of_node": {str(n): p for n, p in sorted(strategy.partitions.items())},
+    }
+    return out
+
+
+def write_run_dir(out: str | Path, job: FlowerJob, result: dict, records: list[dict]) -> None:
+    """The simulator's run directory for one (algorithm, seed)."""
+    out = Path(out)
+    atomic_write_toml(out / "config.toml", job.meta["experiment"])
+    write_jsonl(out / "metrics.jsonl", records)
+    atomic_write_json(out / "summary.json", {"name": job.meta["name"], "seeds": [job.seed], "engine": "flower",
+                                             "algorithms": {job.name: aggregate_seeds([result])}})
+
+
+@serverapp.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one (algorithm, seed) of the experiment named by the run config."""
+    _threads(context, "server-threads")
+    job = load_job(dict(context.run_config))
+    strategy = BouquetStrategy(job, on_round=lambda rec: print(RECORD + json.dumps(rec), flush=True))
+    start = time.perf_counter()
+    strategy.start(grid)
+    result = run_summary(job, strategy, time.perf_counter() - start)
+    print(SUMMARY + json.dumps(result), flush=True)
+    if job.settings.out:
+        write_run_dir(job.settings.out, job, result, strategy.log.records)

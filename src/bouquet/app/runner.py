@@ -1,0 +1,225 @@
+"""Run an experiment: every algorithm and seed on the local engine, with run-directory outputs.
+
+Layout of a run directory::
+
+    config.toml      the resolved experiment
+    metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
+                     rounds the mean/std/per-cluster/per-client scores
+    summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
+    checkpoints/     <algorithm>-seed<seed>-r<round>.ckpt, the last two per run (see engine/checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import fields, replace
+from pathlib import Path
+
+import torch
+
+from ..algorithms import ALGORITHMS
+from ..checks import ConfigError
+from ..data.federated import FederatedDataset
+from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
+from ..engine.rounds import RunState
+from ..engine.simulator import Simulator
+from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
+from ..files import atomic_write_json, atomic_write_toml, write_jsonl
+from .config import Experiment, load_experiment, resolved_dict, with_run
+from .experiment import build_algorithm, dataset_for_seed
+
+
+def simulator(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Simulator, int]:
+    """The seeded algorithm of ``name`` on ``data`` in a simulator; returns it with the base parameter count."""
+    alg, base = build_algorithm(exp, data, name, seed)
+    return Simulator(alg, data, exp.run.spec(), seed=seed, robust=exp.robust), base
+
+
+def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
+            on_round: Callable[[dict], None] | None = None, checkpoints: CheckpointDir | None = None,
+            resume: dict | None = None, on_checkpoint: Callable[[list[dict]], None] | None = None,
+            stop: StopRequest | None = None) -> tuple[dict, list[dict]]:
+    """One algorithm, one seed: returns its summary and its metric records.
+
+    With ``checkpoints``, the run is saved every ``run.checkpoint_every`` rounds, at the end (marked
+    finished, with the summary) and when ``stop`` is requested (then RunInterrupted is raised);
+    ``on_checkpoint(records)`` follows each save. ``resume`` (a checkpoint) continues where it stopped:
+    the algorithm is rebuilt from its seed as usual, then every state and RNG is restored.
+    """
+    sim, base = simulator(exp, data, name, seed)
+    state = sim.init_state()
+    counts = param_counts(sim.alg, state, base)
+    log = RunLog(sim.metric)
+    wall_before = 0.0
+    if resume is not None:
+        known = {f.name for f in fields(RunState)}
+        state = RunState(**{k: _to_device(v, sim.device) for k, v in resume["state"].items() if k in known})
+        log, wall_before = RunLog.restore(sim.metric, resume), resume["wall"]
+        set_rng_state(resume["rng"])
+    tag = checkpoint_tag(name, seed)
+    every = exp.run.checkpoint_every
+    start = time.perf_counter()
+
+    def save(result: dict | None = None) -> Path | None:
+        if checkpoints is None:
+            return None
+        snap = {"version": 2, "algorithm": name, "seed": seed, "round": state.round, "finished": result is not None,
+                "state": {f.name: getattr(state, f.name) for f in fields(state)}, "rng": rng_state(),
+                **log.snapshot(), "summary": result, "wall": wall_before + time.perf_counter() - start}
+        path = checkpoints.save(tag, state.round, snap)
+        if on_checkpoint:
+            on_checkpoint(log.records)
+        return path
+
+    while state.round < exp.run.rounds:
+        state, rec = sim.run_round(state)
+        rec = {"algorithm": name, "seed": seed, **rec}
+        if exp.run.is_eval_round(state.round):
+            rec["eval"] = {"metric": sim.metric, **sim.evaluate(state)}
+        log.add(rec)
+        if on_round:
+            on_round(rec)
+        if stop is not None and stop.requested and state.round < exp.run.rounds:
+            path = save()
+            where = f"checkpoint {path}" if path else "no checkpoint (checkpointing is off)"
+            raise RunInterrupted(f"interrupted: {name} seed {seed} stopped after round {state.round} of "
+                                 f"{exp.run.rounds}; {where}")
+        if every and state.round % every == 0 and state.round < exp.run.rounds:
+            save()
+    wall = wall_before + time.perf_counter() - start
+    extra = sim.alg.report(state.server, state.clients, data.clusters) if sim.alg.report else {}
+    result = summary(sim.alg, seed, log, state, counts, wall, sim.training_path, extra)
+    save(result)
+    return result, log.records
+
+
+def checkpoint_tag(name: str, seed: int) -> str:
+    """File-name stem of one (algorithm, seed) run's checkpoints."""
+    return f"{name}-seed{seed}"
+
+
+def _to_device(tree, device: torch.device):
+    if isinstance(tree, dict):
+        return {k: _to_device(v, device) for k, v in tree.items()}
+    return tree.to(device) if isinstance(tree, torch.Tensor) else tree
+
+
+def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
+                   progress: bool = True, resume: bool = False, superlink: str | None = None) -> dict:
+    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary.
+
+    Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
+    taken from their final checkpoints and the interrupted one continues from its latest valid one.
+    Ctrl-C stops after the current round, writes a checkpoint and raises RunInterrupted.
+    """
+    out = Path(out_dir)
+    names = algorithms or exp.algorithms
+    exp = _with_algorithms(exp, names)
+    _check_device(exp)
+    if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
+        from .flower_run import run as run_flower  # needs the optional flwr package
+
+        return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
+    ckpts = CheckpointDir(out / "checkpoints")
+    if not resume and ckpts.any():
+        raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
+                          f"'bouquet run --resume {out}' or choose another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if exp.run.threads:
+        torch.set_num_threads(exp.run.threads)
+    if not resume:
+        atomic_write_toml(out / "config.toml", resolved_dict(exp))
+    all_records: list[dict] = []
+    summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
+    with StopRequest() as stop:
+        for name in names:
+            runs = []
+            for seed in exp.run.seeds:
+                found = ckpts.latest(checkpoint_tag(name, seed)) if resume else None
+                snap = found[0] if found else None
+                if snap is not None and snap["finished"]:
+                    s, recs = snap["summary"], snap["records"]
+                else:
+                    data = dataset_for_seed(exp, seed)
+                    bar = _progress(exp, name, seed, snap["round"] if snap else 0) if progress else None
+                    done = list(all_records)
+                    try:
+                        s, recs = run_one(with_run(exp, seeds=[seed]), data, name, seed,
+                                          on_round=bar.update if bar else None, checkpoints=ckpts, resume=snap,
+                                          on_checkpoint=lambda r, done=done: write_jsonl(out / "metrics.jsonl",
+                                                                                         done + r),
+                                          stop=stop)
+                    except RunInterrupted as err:
+                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}") from None
+                    finally:
+                        if bar:
+                            bar.close()
+                runs.append(s)
+                all_records += recs
+                write_jsonl(out / "metrics.jsonl", all_records)
+            summary["algorithms"][name] = aggregate_seeds(runs)
+            atomic_write_json(out / "summary.json", summary)
+    return summary
+
+
+def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
+    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run directory")
+    if not (run_dir / "config.toml").is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.toml; expected a directory written by 'bouquet run'")
+    if not CheckpointDir(run_dir / "checkpoints").any():
+        raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
+                          f"or the run stopped before its first checkpoint)")
+    exp = load_experiment(run_dir / "config.toml")
+    if exp.run.engine != "local":
+        raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
+                          f"run.engine = {exp.run.engine!r}")
+    CheckpointDir(run_dir / "checkpoints").remove_temporaries()
+    CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
+    return run_experiment(exp, run_dir, progress=progress, resume=True)
+
+
+def _check_device(exp: Experiment) -> None:
+    if exp.run.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"run.device: expected 'cpu' (no CUDA device is available), got {exp.run.device!r}")
+        index = int(exp.run.device.split(":")[1]) if ":" in exp.run.device else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"run.device: expected cuda:0..cuda:{torch.cuda.device_count() - 1}, "
+                              f"got {exp.run.device!r}")
+
+
+def _with_algorithms(exp: Experiment, names: list[str]) -> Experiment:
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown:
+        raise ConfigError(f"--algorithms: unknown algorithm {unknown[0]!r}; expected one of {sorted(ALGORITHMS)}")
+    return replace(exp, algorithms=list(names))
+
+
+class _Bar:
+    """tqdm progress bar showing round, train loss, last evaluation score and MB sent."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, initial=initial)
+        self.score = math.nan
+
+    def update(self, rec: dict) -> None:
+        if "eval" in rec:
+            self.score = rec["eval"]["mean"]
+        loss = rec["train_loss"] if rec["train_loss"] is not None else math.nan
+        self.bar.set_postfix(loss=f"{loss:.4f}", score=f"{self.score:.4f}",
+                             MB=f"{rec['bytes_total'] / 1e6:.1f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress(exp: Experiment, name: str, seed: int, initial: int = 0) -> _Bar:
+    return _Bar(exp.run.rounds, f"{name} seed {seed}", initial)

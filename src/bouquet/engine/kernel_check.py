@@ -1,0 +1,83 @@
+"""The hand-batched kernels earn trust at run time: their first local steps against autograd on ``loss``.
+
+An algorithm's ``loss_spec`` is a declaration; nothing forces it to match its ``loss``. Before the
+kernels train anything, ``CheckedTrainer`` runs the first ``steps`` local steps of the first round both
+ways (kernels, and vmap + autograd on the algorithm's own loss and update) and compares the parameter
+changes; if they differ it warns once and trains with autograd for the rest of the run. The check runs
+on copies and under a forked RNG, so a run that passes it is unchanged by it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ..algorithms.contract import Batch, Params
+
+Trainer = Callable[[Params, Mapping[str, Tensor], Mapping[str, Tensor], Batch], tuple[Params, Tensor]]
+
+
+class KernelMismatchWarning(UserWarning):
+    """The hand-batched kernels disagreed with autograd on the algorithm's loss; autograd is used instead."""
+
+
+def update_mismatch(start: Params, a: Params, b: Params, rtol: float) -> str | None:
+    """Which tensor's change differs between two trainings from ``start`` by more than ``rtol`` (relative), or None.
+
+    Entries that are not finite must be so in both (a client that diverges diverges either way); the
+    finite ones are compared by the norm of their difference against the norm of the update.
+    """
+    for k, s0 in start.items():
+        da, db = (a[k] - s0).double(), (b[k] - s0).double()
+        finite = torch.isfinite(da)
+        if not torch.equal(finite, torch.isfinite(db)):
+            return f"{k}: non-finite values in one training only"
+        da, db = da[finite], db[finite]
+        scale = float(db.norm())
+        err = float((da - db).norm())
+        if not err <= rtol * scale + 1e-12:
+            return f"{k}: relative difference {err / max(scale, 1e-300):.2e} of the update (tolerance {rtol:g})"
+    return None
+
+
+class CheckedTrainer:
+    """The kernels, once their first ``steps`` local steps match ``reference``'s; ``reference`` otherwise."""
+
+    def __init__(self, kernels: Trainer, reference: Trainer, algorithm: str, steps: int = 2, rtol: float = 1e-4):
+        self.kernels, self.reference, self.algorithm = kernels, reference, algorithm
+        self.steps, self.rtol = steps, rtol
+        self.trusted: bool | None = None  # None: not checked yet
+        self.reason: str | None = None
+
+    @property
+    def path(self) -> str:
+        """What trains the clients (recorded in the run summary)."""
+        if self.trusted is False:
+            return "vmap + autograd (hand-batched kernels disagreed with the loss)"
+        return "hand-batched kernels"
+
+    def check(self, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
+              batches: Batch) -> bool:
+        """Compare the first steps both ways; warn and remember when they differ."""
+        first = {k: v[:, :self.steps] for k, v in batches.items()}
+        start = {k: v.detach().clone() for k, v in trainable.items()}
+        with torch.random.fork_rng(devices=[]):
+            by_kernels, _ = self.kernels(dict(start), shared, private, first)
+            by_autograd, _ = self.reference(dict(start), shared, private, first)
+        self.reason = update_mismatch(start, by_kernels, by_autograd, self.rtol)
+        self.trusted = self.reason is None
+        if not self.trusted:
+            warnings.warn(f"algorithm {self.algorithm!r}: the hand-batched kernels do not train its loss "
+                          f"({self.reason}); its loss_spec does not describe its loss. Training with autograd "
+                          f"instead.", KernelMismatchWarning, stacklevel=2)
+        return self.trusted
+
+    def __call__(self, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
+                 batches: Batch) -> tuple[Params, Tensor]:
+        if self.trusted is None:
+            self.check(trainable, shared, private, batches)
+        train = self.kernels if self.trusted else self.reference
+        return train(trainable, shared, private, batches)

@@ -1,0 +1,63 @@
+"""``RunSpec``: how a federation is run (rounds, sampling, local steps, engine paths), not what is learned.
+
+It is the engine's half of the ``[run]`` table; the experiment's ``RunConfig`` extends it with what
+only a whole experiment needs (seeds, engine, threads, checkpoints), so each setting has one home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..checks import require
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Rounds, clients per round, local steps and how the local engine runs them."""
+
+    rounds: int
+    clients_per_round: int
+    batch_size: int
+    local_epochs: int = 1
+    #: fixed number of local steps per round (overrides local_epochs)
+    local_steps: int | None = None
+    #: evaluate every client every k rounds (and at the last round)
+    eval_every: int = 10
+    #: all clients of a round in one vmapped step (true), one after another (false), or "auto": one after
+    #: another for models with convolutions on CPU, where vmap's grouped convs are slower, vmapped otherwise
+    vectorized: bool | str = "auto"
+    #: MLP chains of algorithms with a closed-form loss train by engine/mlp_kernels.py (false: vmap + autograd)
+    hand_batched: bool = True
+    #: clients evaluated (and fine-tuned) together
+    eval_chunk: int = 64
+    shuffle: bool = True
+    device: str = "cpu"
+
+    def check(self, s: str) -> None:
+        for k in ("rounds", "clients_per_round", "batch_size", "local_epochs", "eval_every", "eval_chunk"):
+            require(getattr(self, k) >= 1, f"{s}.{k}", "an integer >= 1", getattr(self, k))
+        require(self.local_steps is None or self.local_steps >= 1, f"{s}.local_steps", "none or >= 1",
+                self.local_steps)
+        require(self.vectorized in (True, False, "auto"), f"{s}.vectorized", "true, false or 'auto'",
+                self.vectorized)
+        require(self.device == "cpu" or self.device.startswith("cuda"), f"{s}.device", "'cpu' or 'cuda[:N]'",
+                self.device)
+
+    def is_eval_round(self, round_idx: int) -> bool:
+        """Every ``eval_every`` rounds and at the last round."""
+        return round_idx % self.eval_every == 0 or round_idx == self.rounds
+
+
+def resolve_vectorized(setting: bool | str, model: nn.Module, device: str) -> bool:
+    """`run.vectorized` to a bool: "auto" runs clients one by one for conv models on CPU, vmapped otherwise.
+
+    On CPU, vmap turns each client's convolution into one grouped convolution, which measured 1.2-2.4x
+    slower than a loop over clients for FLoRAL's CNN (benchmarks/RESULTS.md); dense layers batch well.
+    """
+    if setting != "auto":
+        return bool(setting)
+    has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+    return not (has_conv and torch.device(device).type == "cpu")

@@ -1,0 +1,70 @@
+"""What both sides of a Flower run need of one (algorithm, seed): built by the app layer, read here.
+
+The ServerApp uses the algorithm, the run spec and the clients' example counts and clusters (round
+driver, summaries); a ClientApp uses the algorithm, the run spec and its clients' rows. Client rows
+and initial client states are built on first use, so a server never touches them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from torch import Tensor
+
+from ..algorithms import Algorithm
+from ..data.federated import FederatedDataset
+from ..engine.batching import SplitArrays
+from ..engine.client_work import client_view, initial_client_states
+from ..engine.robust import RobustConfig
+from ..engine.spec import RunSpec
+
+
+@dataclass(frozen=True)
+class FlowerSettings:
+    """The Flower-specific part of a run: where the ServerApp writes, how long it waits, how few replies do."""
+
+    out: str = ""
+    min_replies: int = 1
+    round_timeout: float = 600.0
+    node_wait: float = 120.0
+
+
+@dataclass(eq=False)
+class FlowerJob:
+    """One (algorithm, seed) of an experiment on Flower."""
+
+    name: str
+    seed: int
+    alg: Algorithm
+    spec: RunSpec
+    data: FederatedDataset
+    base_params: int
+    robust: RobustConfig | None = None
+    settings: FlowerSettings = field(default_factory=FlowerSettings)
+    #: extra summary entries (the resolved experiment, for the run directory)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def num_clients(self) -> int:
+        return self.data.num_clients
+
+    @cached_property
+    def train(self) -> SplitArrays:
+        return SplitArrays.from_dataset(self.data, "train")
+
+    @cached_property
+    def test(self) -> SplitArrays:
+        return SplitArrays.from_dataset(self.data, "test")
+
+    @cached_property
+    def initial_states(self) -> dict[str, Tensor]:
+        return initial_client_states(self.alg, self.seed, self.data.clusters)
+
+    def client_rows(self, cid: int) -> tuple[SplitArrays, SplitArrays]:
+        """Client ``cid``'s training and test rows, as one-client arrays."""
+        return client_view(self.train, cid), client_view(self.test, cid)
+
+    def initial_state(self, cid: int) -> dict[str, Tensor]:
+        """Client ``cid``'s row of ``alg.init`` (same generator seed as the local engine)."""
+        return {k: v[cid].clone() for k, v in self.initial_states.items()}
