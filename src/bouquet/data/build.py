@@ -13,6 +13,7 @@ from bouquet.data.partition import dirichlet_partition, dirichlet_proportions, i
 from bouquet.data.sources import ImageSource, load_source
 from bouquet.data.spec import SYNTHETIC, TEXT_DATASETS, DataSpec
 from bouquet.data.synthetic import build_synthetic
+from bouquet.data.text import build_text_tasks
 from bouquet.data.transforms import channel_stats, rotate_images, standardize
 
 
@@ -22,8 +23,6 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
         ds = build_synthetic(spec.name, spec.num_clients, spec.num_clusters, spec.seed, spec.test_fraction,
                              spec.train_per_client, spec.test_per_client, spec.fraction, spec.min_train)
     elif spec.name in TEXT_DATASETS:
-        from bouquet.data.text import build_text_tasks
-
         ds = build_text_tasks(spec.num_clients, spec.num_clusters, spec.seed, spec.train_per_client,
                               spec.test_per_client, spec.test_fraction, shared_labels=spec.shift == "label_shift")
     else:

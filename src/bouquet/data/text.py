@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bouquet.data.federated import ClientData, DataError, FederatedDataset
+from bouquet.models.text import encode_lower
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 MAX_TOKENS = 32  # sequences truncated: the benchmark must run in minutes on 2 cores
@@ -123,8 +124,6 @@ def task_pool(task: TextTask) -> tuple[torch.Tensor, torch.Tensor]:
     if path.is_file():
         x = torch.load(path, weights_only=True)
     else:
-        from bouquet.models.text import encode_lower
-
         x = encode_lower(texts, MAX_TOKENS, FROZEN_LAYERS)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
