@@ -1,10 +1,11 @@
 """The hand-batched kernels earn trust at run time: their first local steps against autograd on ``loss``.
 
 An algorithm's ``loss_spec`` is a declaration; nothing forces it to match its ``loss``. Before the
-kernels train anything, ``CheckedTrainer`` runs the first ``steps`` local steps of the first round both
-ways (kernels, and vmap + autograd on the algorithm's own loss and update) and compares the parameter
-changes; if they differ it warns once and trains with autograd for the rest of the run. The check runs
-on copies and under a forked RNG, so a run that passes it is unchanged by it.
+kernels train anything, ``CheckedTrainer`` runs the first ``steps`` local steps of the first round's
+first ``clients`` clients both ways (kernels, and vmap + autograd on the algorithm's own loss and
+update) and compares the parameter changes; if they differ it warns once and trains with autograd for
+the rest of the run. The check runs on copies and under a forked RNG, so a run that passes it is
+unchanged by it; a few clients keep its time and memory small next to a round's.
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ def update_mismatch(start: Params, a: Params, b: Params, rtol: float) -> str | N
 class CheckedTrainer:
     """The kernels, once their first ``steps`` local steps match ``reference``'s; ``reference`` otherwise."""
 
-    def __init__(self, kernels: Trainer, reference: Trainer, algorithm: str, steps: int = 2, rtol: float = 1e-4):
+    def __init__(self, kernels: Trainer, reference: Trainer, algorithm: str, steps: int = 2, clients: int = 4,
+                 rtol: float = 1e-4):
         self.kernels, self.reference, self.algorithm = kernels, reference, algorithm
-        self.steps, self.rtol = steps, rtol
+        self.steps, self.clients, self.rtol = steps, clients, rtol
         self.trusted: bool | None = None  # None: not checked yet
         self.reason: str | None = None
 
@@ -62,11 +64,13 @@ class CheckedTrainer:
     def check(self, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
               batches: Batch) -> bool:
         """Compare the first steps both ways; warn and remember when they differ."""
-        first = {k: v[:, :self.steps] for k, v in batches.items()}
-        start = {k: v.detach().clone() for k, v in trainable.items()}
+        few = slice(0, self.clients)
+        first = {k: v[few, :self.steps] for k, v in batches.items()}
+        start = {k: v[few].detach().clone() for k, v in trainable.items()}
+        mine = {k: v[few] for k, v in private.items()}
         with torch.random.fork_rng(devices=[]):
-            by_kernels, _ = self.kernels(dict(start), shared, private, first)
-            by_autograd, _ = self.reference(dict(start), shared, private, first)
+            by_kernels, _ = self.kernels(dict(start), shared, mine, first)
+            by_autograd, _ = self.reference(dict(start), shared, mine, first)
         self.reason = update_mismatch(start, by_kernels, by_autograd, self.rtol)
         self.trusted = self.reason is None
         if not self.trusted:
