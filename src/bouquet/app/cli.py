@@ -1,6 +1,7 @@
 """Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``.
 
-``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints.
+``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints; ``bouquet report
+RUN_DIR [RUN_DIR ...] [--out DIR]`` writes figures, report.md and report.html from run directories.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..engine.checkpoint import RunInterrupted
 from .bench.cli import add_bench_parser, cmd_bench
 from .config import load_experiment
 from .report import results_table
+from .report_html import write_report
 from .runner import resume_experiment, run_experiment
 
 
@@ -40,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--superlink", metavar="ADDRESS", help="with --engine flower: host:port of an insecure "
                      "SuperLink, or the name of a connection in $FLWR_HOME/config.toml (TLS)")
     sub.add_parser("algorithms", help="list the available algorithms")
+    rep = sub.add_parser("report", help="figures, report.md and report.html from run directories")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by 'bouquet run'")
+    rep.add_argument("--out", help="report directory (default: RUN_DIR/report of the first RUN_DIR)")
     add_bench_parser(sub)
     return p
 
@@ -72,6 +77,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = write_report(args.run_dirs, args.out)
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     for name, spec in sorted(ALGORITHMS.items()):
         print(f"{name:20s} {spec.summary}")
@@ -86,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "report":
+            return _cmd_report(args)
         return _cmd_algorithms(args)
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)
