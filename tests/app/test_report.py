@@ -116,9 +116,9 @@ def test_table_shows_router_ari_and_no_spread_for_one_seed(run_dir, tmp_path):
     assert "router ARI" in table[0]
     row = {line.split()[0]: line.split() for line in table[2:4]}
     assert row["floral"][-2] == f"{ari:.2f}" and row["fedavg"][-2] == "-"
-    assert "±" in table[2]  # two seeds: mean ± std
+    assert "±" in table[2] and "(mean ± std over 2 seeds [0, 1]; " in table[-1]  # two seeds: mean ± std
     one = json.loads((_one_seed(tmp_path, run_dir) / "summary.json").read_text())
     text = results_table(one)
-    assert "±" not in text and "one seed" in text
+    assert "±" not in text and "(seed 3; " in text
     last = one["algorithms"]["local"]["last"]["mean"]
     assert f"{last:.4f}" in text.splitlines()[2]

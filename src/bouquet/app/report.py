@@ -69,7 +69,7 @@ def results_table(summary: dict) -> str:
 def table_note(summary: dict) -> str:
     """The line under the table: what the numbers are."""
     seeds = summary.get("seeds", [])
-    spread = "mean ± std over" if len(seeds) > 1 else "one seed,"
-    return (f"({spread} {len(seeds)} seed(s) {seeds}; score of every client's personalized model "
+    spread = f"mean ± std over {len(seeds)} seeds {seeds}" if len(seeds) != 1 else f"seed {seeds[0]}"
+    return (f"({spread}; score of every client's personalized model "
             f"on its own test split, example-weighted over all clients; router ARI: routed methods' "
             f"argmax choices against the true clusters)")
