@@ -4,6 +4,7 @@ import base64
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,25 @@ def test_table_shows_router_ari_and_no_spread_for_one_seed(run_dir, tmp_path):
     assert "±" not in text and "(seed 3; " in text
     last = one["algorithms"]["local"]["last"]["mean"]
     assert f"{last:.4f}" in text.splitlines()[2]
+
+
+def test_classification_run_gives_accuracy_figures_in_percent(tmp_path):
+    raw = {**RAW, "algorithms": ["fedavg", "local"], "model": {"name": "mlp", "hidden": 16},
+           "data": {"name": "digits", "num_clients": 6, "num_clusters": 2, "shift": "label_shift"},
+           "run": {**RAW["run"], "clients_per_round": 3, "batch_size": 16, "seeds": [0]}}
+    out = tmp_path / "cls"
+    run_experiment(parse_experiment(raw), out, progress=False)
+    page = write_report([out]).read_text()
+    rep = out / "report"
+    assert all((rep / f"accuracy_{s}.png").stat().st_size > 1000 for s in ("vs_round", "vs_mb", "per_client"))
+    assert "accuracy (%)" in (rep / "accuracy_vs_round.svg").read_text()
+    assert "<th>last accuracy (%)</th>" in page and "±" not in page.split("<h2>Figures")[0]  # one seed
+    last = json.loads((out / "summary.json").read_text())["algorithms"]["local"]["last"]["mean"]
+    assert f"<td>{100 * last:.2f}</td>" in page
+
+
+def test_report_without_matplotlib_is_one_line_error(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err == ("bouquet: error: report: needs matplotlib; install it with: "
+                                       "pip install 'bouquet[plot]'\n")
