@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install bouquet into it. torch==2.13.0 (CPU wheel) is installed FIRST so that pip
 # never resolves a different (multi-GB CUDA) torch for the packages that depend on it.
-#   bash scripts/setup.sh            core only (enough for the demo)
+#   bash scripts/setup.sh            core + plotting (enough for the demo and its report)
 #   bash scripts/setup.sh all        + Flower, text models, plotting, test tools, and the Debian data packages
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +30,6 @@ if [ "$what" = "all" ]; then
     fi
   fi
 else
-  $pip install -q --disable-pip-version-check -e .
+  $pip install -q --disable-pip-version-check -e ".[plot]"
 fi
 .venv/bin/python -c "import torch, bouquet; print(f'setup: bouquet {bouquet.__version__}, torch {torch.__version__}')"

@@ -22,3 +22,18 @@ def test_readme_python_api_example_runs(tmp_path, capsys):
     printed = capsys.readouterr().out.strip().splitlines()
     assert 0.0 <= float(printed[0]) <= 1.0
     assert (tmp_path / "demo" / "summary.json").is_file()
+
+
+def test_demo_script_ends_by_writing_the_report():
+    """The first command runs the demo into runs/demo, then writes its report (which prints its path)."""
+    lines = [x.strip() for x in (REPO / "scripts" / "demo.sh").read_text().splitlines()
+             if x.strip() and not x.startswith("#")]
+    run, report = lines[-2].split(), lines[-1].split()
+    assert run[:3] == [".venv/bin/bouquet", "run", "configs/demo.toml"] and run[run.index("--out") + 1] == "runs/demo"
+    assert report == [".venv/bin/bouquet", "report", "runs/demo"]
+    setup = (REPO / "scripts" / "setup.sh").read_text()
+    core = setup[setup.rindex("else"):]
+    assert '-e ".[plot]"' in core  # the demo's core install brings matplotlib for the report
+    readme = (REPO / "README.md").read_text()
+    first = readme[readme.index("## Two commands"):readme.index("## Running experiments")]
+    assert "runs/demo/report/report.html" in first and "report" in first.split("bash scripts/test.sh")[0]

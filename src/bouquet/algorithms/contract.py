@@ -46,7 +46,9 @@ OBJECTIVES = ("classification", "regression")
 class TrainConfig:
     """The clients' local optimizer (``[train]``): plain SGD, fresh each round, as in the papers."""
 
+    #: clients' local SGD learning rate
     lr: float
+    #: L2 weight decay of the local SGD steps
     weight_decay: float = 0.0
 
     def check(self, s: str) -> None:

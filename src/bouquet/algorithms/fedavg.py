@@ -63,7 +63,9 @@ def fedavg(model: nn.Module, objective: Objective, *, lr: float, weight_decay: f
 class FinetuneOptions:
     """Local fine-tuning before evaluation: epochs over the client's training data, lr (default: train.lr)."""
 
+    #: local fine-tuning epochs over the client's training rows before each evaluation
     epochs: int = 1
+    #: fine-tuning learning rate (none: train.lr)
     lr: float | None = None
 
     def check(self, s: str) -> None:

@@ -100,6 +100,7 @@ def fedper(model: nn.Module, objective: Objective, *, lr: float, head: Iterable[
 class HeadOptions:
     """Which layers are the private head (module name patterns; None = the last layer with parameters)."""
 
+    #: module name patterns of the private head (none: the last layer with parameters)
     head: list[str] | None = None
 
 

@@ -31,6 +31,7 @@ def fedprox(model: nn.Module, objective: Objective, *, lr: float, mu: float = 0.
 class FedProxOptions:
     """FedProx's proximal weight mu (the paper's grid: 0.001, 0.01, 0.1, 1)."""
 
+    #: proximal weight mu on ||w - w_global||^2 / 2
     mu: float = 0.01
 
     def check(self, s: str) -> None:

@@ -34,6 +34,7 @@ def fedrep(model: nn.Module, objective: Objective, *, lr: float, head: Iterable[
 class FedRepOptions(HeadOptions):
     """FedRep: the head layers and the fraction of each round's local steps that train the head."""
 
+    #: fraction of each round's local steps that train the head (the rest train the body)
     head_fraction: float = 0.5
 
     def check(self, s: str) -> None:

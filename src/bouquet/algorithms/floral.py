@@ -108,7 +108,9 @@ def damped_server_lr(server_lr: float, lora_lr: float):
 class RoutedOptions:
     """A routed mixture: number of components C (None = the dataset's clusters), oracle, router settings."""
 
+    #: number of mixture components C (none: the dataset's number of clusters)
     num_components: int | None = None
+    #: oracle: each client's router fixed to its true cluster's one-hot
     optimal_router: bool = False
     router: RouterConfig = router_field()
 
@@ -133,7 +135,9 @@ class FloralOptions(RoutedOptions):
     adaptor_bias: bool = True  # a full-width bias per adaptor (the paper's "adaptive bias")
     lora_lr: float | None = None  # adaptor learning rate; None = train.lr
     precondition: bool = True  # ScaledGD / Riemannian LoRA preconditioning, on in the official code
+    #: damping added before inverting the LoRA factors' Gram matrices in preconditioning
     precondition_eps: float = 1e-5
+    #: how a conv kernel is factored into ConvLoRA: 'balanced_2d', 'balanced', 'in' or 'out'
     conv_variant: str = "balanced_2d"
     target_modules: list[str] | None = None  # None = every Linear and Conv2d, classifier included
     paper_bias_init: bool = False  # official: adaptor biases start at U(+-1/sqrt(r)), not zero

@@ -106,6 +106,7 @@ def ifca(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
 class IfcaOptions:
     """IFCA: the number of cluster models (None = the dataset's number of clusters)."""
 
+    #: number of cluster models (none: the dataset's number of clusters)
     num_components: int | None = None
 
     def check(self, s: str) -> None:

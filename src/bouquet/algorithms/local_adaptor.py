@@ -93,12 +93,19 @@ def local_adaptor(model: MixtureModel, objective: Objective, *, lr: float, lora_
 class LocalAdaptorOptions:
     """Local Adaptor: one private adaptor per client on a federated base."""
 
+    #: adaptor budget rho < 1 (adaptor ~ rho of each layer's weights) or an integer rank
     rank: float = 0.01
+    #: a full-width bias per adaptor
     adaptor_bias: bool = True
+    #: adaptor learning rate (none: train.lr)
     lora_lr: float | None = None
+    #: ScaledGD / Riemannian LoRA preconditioning
     precondition: bool = True
+    #: how a conv kernel is factored into ConvLoRA: 'balanced_2d', 'balanced', 'in' or 'out'
     conv_variant: str = "balanced_2d"
+    #: official code: adaptor biases start at U(+-1/sqrt(r)), not zero
     paper_bias_init: bool = False
+    #: official code: conv ranks computed with 2 kernel elements, not kh*kw
     paper_conv_rank_bug: bool = False
 
     def check(self, s: str) -> None:

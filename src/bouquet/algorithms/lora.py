@@ -209,8 +209,11 @@ def apfl(template: nn.Module, init: Params, objective: Objective, *, lr: float, 
 class LoraOptions:
     """LoRA on the frozen (pretrained) base: rank, scaling alpha, target layers (None: the model's default)."""
 
+    #: LoRA rank r
     rank: int = 8
+    #: LoRA scaling alpha (the update is alpha / r * B A)
     alpha: float = 1.0
+    #: module name patterns that get LoRA (none: the model's default targets)
     targets: list[str] | None = None
 
     def check(self, s: str) -> None:
@@ -235,6 +238,7 @@ class LoraFinetuneOptions(LoraOptions, FinetuneOptions):
 class DittoOptions(LoraOptions):
     """Ditto's proximal weight mu on ||personal - global||^2."""
 
+    #: proximal weight mu on ||personal - global||^2
     mu: float = 0.1
 
     def check(self, s: str) -> None:
@@ -246,7 +250,9 @@ class DittoOptions(LoraOptions):
 class ApflOptions(LoraOptions):
     """APFL's mixing alpha: initial value and its learning rate."""
 
+    #: initial mixing weight alpha of the personal model
     alpha_init: float = 0.5
+    #: learning rate of alpha
     alpha_lr: float = 0.01
 
     def check(self, s: str) -> None:

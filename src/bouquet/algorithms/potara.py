@@ -182,14 +182,23 @@ class PotaraOptions(LoraOptions):
     ``weighted``: curvature-weighted traces tr(F Sigma) for laplace_fisher (else plain tr Sigma).
     """
 
+    #: rounds R_f of FedIT before the final federated LoRA is downloaded
     federated_rounds: int = 5
+    #: trace estimator: 'sgd_fisher', 'laplace_fisher' or 'dispersion' (docs/potara.md)
     estimator: str = "sgd_fisher"
+    #: one lambda per 'client' or per LoRA 'layer'
     granularity: str = "client"
+    #: include the bias term max(0, d^2 - tr S_F - tr S_L) in lambda's denominator
     bias_term: bool = True
+    #: local LoRA starts from the shared initial adaptors ('W0') or the final 'federated' LoRA
     local_init: str = "W0"
+    #: laplace_fisher: damping added to n F before inverting
     damping: float = 1e-4
+    #: laplace_fisher: curvature-weighted traces tr(F S) (false: plain tr S)
     weighted: bool = True
+    #: batches of the round the Fisher is estimated on
     fisher_steps: int = 2
+    #: dispersion: rounds of running moments of the local LoRA's iterates
     window: int = 5
 
     def check(self, s: str) -> None:

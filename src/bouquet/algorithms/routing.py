@@ -33,13 +33,21 @@ class RouterConfig:
     (router-only steps before each local round), ``select = "loss"`` (one-hot on the lowest-loss component).
     """
 
+    #: router learning rate (logits' SGD step)
     lr: float = 0.1
+    #: training-time noise added to the logits: noise * U[0, 1) (official code: 1.0)
     noise: float = 0.0  # official: 1.0
+    #: lower clamp of pi during training, no renormalisation (official code: 0.01)
     floor: float = 0.0  # official: 0.01
+    #: softmax temperature of the logits
     temperature: float = 1.0
+    #: weight of -H(pi) in the loss: > 0 pushes pi towards uniform, < 0 towards one-hot
     entropy: float = 0.0  # > 0 pushes pi towards uniform, < 0 towards one-hot
+    #: std of random initial logits (0: uniform pi, the paper)
     init_std: float = 0.0  # paper: 0 (uniform pi)
+    #: router-only steps before each local round (ours)
     steps: int = 0
+    #: 'gradient' (learned pi) or 'loss' (one-hot on the lowest-loss component)
     select: str = "gradient"
 
     def check(self, s: str) -> None:

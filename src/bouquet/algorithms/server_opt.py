@@ -88,8 +88,11 @@ def server_adam(lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps
 class ServerConfig:
     """The server optimizer on the pseudo-gradient (``[server]``): sgd (lr 1 = FedAvg) or adam (FedAdam)."""
 
+    #: server optimizer on the pseudo-gradient: 'sgd' (lr 1 = FedAvg) or 'adam' (FedAdam)
     optimizer: str = "sgd"
+    #: server learning rate
     lr: float = 1.0
+    #: heavy-ball momentum of the sgd server optimizer, in [0, 1)
     momentum: float = 0.0
 
     def check(self, s: str) -> None:

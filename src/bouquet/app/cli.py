@@ -1,6 +1,8 @@
 """Command-line entry point: ``bouquet run CONFIG [--set key=value ...] [--out DIR] [--algorithms a,b]``.
 
-``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints.
+``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints; ``bouquet report
+RUN_DIR [RUN_DIR ...] [--out DIR]`` writes figures, report.md and report.html from run directories;
+``bouquet config-reference`` prints every config key with its type, default and meaning.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import DataError
 from ..engine.checkpoint import RunInterrupted
+from ..files import atomic_write_bytes
 from .bench.cli import add_bench_parser, cmd_bench
 from .config import load_experiment
+from .config_reference import render_markdown
 from .report import results_table
+from .report_html import write_report
 from .runner import resume_experiment, run_experiment
 
 
@@ -40,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--superlink", metavar="ADDRESS", help="with --engine flower: host:port of an insecure "
                      "SuperLink, or the name of a connection in $FLWR_HOME/config.toml (TLS)")
     sub.add_parser("algorithms", help="list the available algorithms")
+    rep = sub.add_parser("report", help="figures, report.md and report.html from run directories")
+    rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by 'bouquet run'")
+    rep.add_argument("--out", help="report directory (default: RUN_DIR/report of the first RUN_DIR)")
+    ref = sub.add_parser("config-reference", help="every config key with its type, default and meaning (Markdown)")
+    ref.add_argument("--out", metavar="FILE", help="write it to FILE (e.g. docs/config.md) instead of printing it")
     add_bench_parser(sub)
     return p
 
@@ -72,6 +82,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = write_report(args.run_dirs, args.out)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    text = render_markdown()
+    if args.out:
+        atomic_write_bytes(args.out, text.encode())
+        print(f"config reference: {args.out}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     for name, spec in sorted(ALGORITHMS.items()):
         print(f"{name:20s} {spec.summary}")
@@ -86,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "report":
+            return _cmd_report(args)
+        if args.command == "config-reference":
+            return _cmd_config_reference(args)
         return _cmd_algorithms(args)
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)

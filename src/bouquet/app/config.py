@@ -33,7 +33,9 @@ ENGINES = ("local", "flower-sim", "flower")
 class RunConfig(RunSpec):
     """``[run]``: the engine's ``RunSpec`` plus what a whole experiment adds."""
 
+    #: one repetition of every algorithm per seed (data partition, init and sampling change with it)
     seeds: list[int] = field(default_factory=lambda: [0])
+    #: 'local' (in-process simulator), 'flower-sim' (Flower simulation) or 'flower' (a SuperLink)
     engine: str = "local"
     #: torch intra-op threads (None: torch's default)
     threads: int | None = None

@@ -35,14 +35,23 @@ _CACHE: dict[str, dict[str, torch.Tensor]] = {}
 class PretrainConfig:
     """Public split size, training mode and schedule; ``save`` is a directory for the trained weights."""
 
+    #: how the base model is pretrained on the public rows: 'centralized' or 'fedavg'
     mode: str = "centralized"
+    #: public rows held out of the source's train pool (used by no client) for pretraining
     rows: int = 10000
+    #: pretraining epochs (centralized) or local epochs per round (fedavg)
     epochs: int = 5
+    #: pretraining SGD learning rate
     lr: float = 0.05
+    #: pretraining mini-batch size
     batch_size: int = 64
+    #: with mode = 'fedavg': clients the public rows are split over
     clients: int = 10
+    #: with mode = 'fedavg': pretraining rounds
     rounds: int = 10
+    #: seed of the public split and of pretraining
     seed: int = 0
+    #: directory to save the pretrained weights in (none: not saved)
     save: str | None = None
 
     def check(self, s: str) -> None:

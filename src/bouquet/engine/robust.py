@@ -44,13 +44,21 @@ class RobustConfig:
     of clients send scaled (``attack_scale``) or NaN updates.
     """
 
+    #: 'mean' (the algorithm's own), 'clip', 'trimmed_mean' or 'median' (coordinate-wise)
     aggregation: str = "mean"
+    #: with clip: each update's norm clipped to this (none: to the clip_quantile of the round's norms)
     clip_norm: float | None = None
+    #: with clip and no clip_norm: quantile of the round's update norms to clip to (0.5 = median)
     clip_quantile: float = 0.5
+    #: with trimmed_mean: fraction cut from each end per coordinate, in [0, 0.5)
     trim_fraction: float = 0.1
+    #: reject any update whose norm exceeds this (none: no limit)
     max_update_norm: float | None = None
+    #: simulated attack for experiments: 'none', 'scale' (scaled updates) or 'nan' (NaN updates)
     attack: str = "none"
+    #: seeded fraction of clients that attack
     attack_fraction: float = 0.2
+    #: factor the 'scale' attack multiplies updates by
     attack_scale: float = 1e3
 
     def check(self, s: str) -> None:

@@ -18,9 +18,13 @@ from ..checks import require
 class RunSpec:
     """Rounds, clients per round, local steps and how the local engine runs them."""
 
+    #: number of federated rounds
     rounds: int
+    #: clients sampled (uniformly, without replacement) each round
     clients_per_round: int
+    #: local mini-batch size
     batch_size: int
+    #: passes over the client's training rows per round (unless local_steps is set)
     local_epochs: int = 1
     #: fixed number of local steps per round (overrides local_epochs)
     local_steps: int | None = None
@@ -33,7 +37,9 @@ class RunSpec:
     hand_batched: bool = True
     #: clients evaluated (and fine-tuned) together
     eval_chunk: int = 64
+    #: reshuffle each client's training rows every local epoch
     shuffle: bool = True
+    #: torch device: 'cpu' or 'cuda[:N]'
     device: str = "cpu"
 
     def check(self, s: str) -> None:
