@@ -17,6 +17,7 @@ from ..engine.checkpoint import RunInterrupted
 from .bench.cli import add_bench_parser, cmd_bench
 from .config import load_experiment
 from .report import results_table
+from .rundir import parse_allowed
 from .runner import resume_experiment, run_experiment
 
 
@@ -34,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
                      "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms or --seeds)")
+    run.add_argument("--allow-config-change", metavar="KEYS", help="with --resume: accept these edited keys of "
+                     "config.toml (comma list of run.rounds, run.eval_every, run.checkpoint_every, run.threads)")
     run.add_argument("--engine", choices=["local", "flower-sim", "flower"],
                      help="local (default: run.engine), flower-sim (Flower simulation runtime) or flower "
                      "(a running SuperLink, see --superlink); docs/flower.md")
@@ -51,10 +54,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if given:
             raise ConfigError(f"--resume: continues the run as configured in {args.resume}/config.toml; "
                               f"drop {', '.join(given)}")
-        summary = resume_experiment(args.resume, progress=not args.no_progress)
+        allowed = parse_allowed(args.allow_config_change)
+        summary = resume_experiment(args.resume, progress=not args.no_progress, allow_changes=allowed)
         print(results_table(summary))
         print(f"run directory: {args.resume}")
         return 0
+    if args.allow_config_change:
+        raise ConfigError("--allow-config-change: only with --resume RUN_DIR (a new run has nothing to change)")
     if not args.config:
         raise ConfigError("CONFIG: expected an experiment TOML file (or --resume RUN_DIR)")
     overrides = list(args.overrides)

@@ -3,6 +3,8 @@
 Layout of a run directory::
 
     config.toml      the resolved experiment
+    fingerprint.json SHA-256 of the resolved experiment and the package version (app/rundir.py), also in
+                     every checkpoint: --resume refuses an edited config.toml
     metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
                      rounds the mean/std/per-cluster/per-client scores
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
@@ -29,6 +31,7 @@ from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from .config import Experiment, load_experiment, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
+from .rundir import check_config, read_fingerprint, stamp, write_fingerprint
 
 
 def simulator(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Simulator, int]:
@@ -107,22 +110,28 @@ def _to_device(tree, device: torch.device):
 
 
 def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
-                   progress: bool = True, resume: bool = False, superlink: str | None = None) -> dict:
-    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary.
+                   progress: bool = True, resume: bool = False, superlink: str | None = None,
+                   allow_changes: list[str] | None = None) -> dict:
+    """Run every (algorithm, seed); write config.toml, fingerprint.json, metrics.jsonl, summary.json; return summary.
 
     Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
-    taken from their final checkpoints and the interrupted one continues from its latest valid one.
-    Ctrl-C stops after the current round, writes a checkpoint and raises RunInterrupted.
+    taken from their final checkpoints and the interrupted one continues from its latest valid one; each
+    checkpoint's config fingerprint must match ``exp`` but for ``allow_changes`` (keys of SAFE_CHANGES).
+    Ctrl-C or SIGTERM stops after the current round, writes a checkpoint and raises RunInterrupted.
     """
     out = Path(out_dir)
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
+    current = resolved_dict(exp)
     if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
         from .flower_run import run as run_flower  # needs the optional flwr package
 
+        out.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(out, stamp(current))
         return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
-    ckpts = CheckpointDir(out / "checkpoints")
+    record = stamp(current, allow_changes)
+    ckpts = CheckpointDir(out / "checkpoints", stamp=record)
     if not resume and ckpts.any():
         raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
                           f"'bouquet run --resume {out}' or choose another directory")
@@ -130,7 +139,8 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     if exp.run.threads:
         torch.set_num_threads(exp.run.threads)
     if not resume:
-        atomic_write_toml(out / "config.toml", resolved_dict(exp))
+        atomic_write_toml(out / "config.toml", current)
+    write_fingerprint(out, record)
     all_records: list[dict] = []
     summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
     with StopRequest() as stop:
@@ -138,8 +148,8 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
             runs = []
             for seed in exp.run.seeds:
                 found = ckpts.latest(checkpoint_tag(name, seed)) if resume else None
-                snap = found[0] if found else None
-                if snap is not None and snap["finished"]:
+                snap = _checked(found, current, record["accepted_changes"], exp.run.rounds)
+                if snap is not None and snap["finished"] and snap["round"] == exp.run.rounds:
                     s, recs = snap["summary"], snap["records"]
                 else:
                     data = dataset_for_seed(exp, seed)
@@ -164,8 +174,24 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     return summary
 
 
-def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
-    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary."""
+def _checked(found: tuple[dict, Path] | None, current: dict, allowed: list[str], rounds: int) -> dict | None:
+    """The checkpoint of ``found`` after checking that it belongs to ``current`` (ConfigError if not)."""
+    if found is None:
+        return None
+    snap, path = found
+    if "fingerprint" in snap:  # checkpoints written before fingerprints (version 2 without one) pass
+        check_config(f"--resume: checkpoint {path}", snap, current, allowed)
+    if snap["round"] > rounds:
+        raise ConfigError(f"run.rounds: expected at least {snap['round']} (checkpoint {path} is at round "
+                          f"{snap['round']}), got {rounds}")
+    return snap
+
+
+def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes: list[str] | None = None) -> dict:
+    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary.
+
+    ``config.toml`` must still match the run's fingerprint, but for the keys in ``allow_changes``.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such run directory")
@@ -178,9 +204,14 @@ def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
     if exp.run.engine != "local":
         raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
                           f"run.engine = {exp.run.engine!r}")
+    allowed = list(allow_changes or [])
+    recorded = read_fingerprint(run_dir)
+    if recorded is not None:
+        changed = check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), allowed)
+        allowed = sorted({*allowed, *changed, *recorded.get("accepted_changes", [])})
     CheckpointDir(run_dir / "checkpoints").remove_temporaries()
     CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
-    return run_experiment(exp, run_dir, progress=progress, resume=True)
+    return run_experiment(exp, run_dir, progress=progress, resume=True, allow_changes=allowed)
 
 
 def _check_device(exp: Experiment) -> None:

@@ -66,11 +66,15 @@ def load_checkpoint(path: str | Path) -> Any:
 
 
 class CheckpointDir:
-    """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag."""
+    """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag.
 
-    def __init__(self, directory: str | Path, keep: int = 2):
+    ``stamp`` entries (e.g. the config fingerprint) are added to every checkpoint saved.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2, stamp: dict | None = None):
         self.dir = Path(directory)
         self.keep = keep
+        self.stamp = dict(stamp or {})
 
     def path(self, tag: str, round_idx: int) -> Path:
         return self.dir / f"{tag}-r{round_idx:07d}.ckpt"
@@ -97,7 +101,7 @@ class CheckpointDir:
     def save(self, tag: str, round_idx: int, obj: Any) -> Path:
         """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``."""
         path = self.path(tag, round_idx)
-        save_checkpoint(path, obj)
+        save_checkpoint(path, {**obj, **self.stamp} if self.stamp and isinstance(obj, dict) else obj)
         for old in self.files(tag)[self.keep:]:
             old.unlink(missing_ok=True)
         return path
