@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
-from ..files import atomic_write_json, atomic_write_toml, write_jsonl
+from ..files import DirLock, LockHeld, atomic_write_json, atomic_write_toml, write_jsonl
 from .config import Experiment, load_experiment, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
 from .rundir import check_config, read_fingerprint, stamp, write_fingerprint
@@ -123,19 +124,42 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
-    current = resolved_dict(exp)
-    if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
-        from .flower_run import run as run_flower  # needs the optional flwr package
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out, "--resume" if resume else "--out"):
+        if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
+            from .flower_run import run as run_flower  # needs the optional flwr package
 
-        out.mkdir(parents=True, exist_ok=True)
-        write_fingerprint(out, stamp(current))
-        return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
+            write_fingerprint(out, stamp(resolved_dict(exp)))
+            return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
+        if not resume and CheckpointDir(out / "checkpoints").any():
+            raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
+                              f"'bouquet run --resume {out}' or choose another directory")
+        return _run_local(exp, out, progress, resume, allow_changes)
+
+
+@contextmanager
+def _locked(out: Path, option: str) -> Iterator[None]:
+    """Hold ``out``'s DirLock: one writer per run directory; another holder is a ConfigError naming its PID."""
+    try:
+        lock = DirLock(out).acquire()
+    except LockHeld as err:
+        holder = f"PID {err.pid}" if err.pid else "another process"
+        raise ConfigError(f"{option} {out}: in use by another bouquet run ({holder}, lock file {err.path}); wait "
+                          f"for it to end or choose another directory") from None
+    except OSError as err:
+        raise ConfigError(f"{option} {out}: cannot lock the run directory ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_changes: list[str] | None) -> dict:
+    """The local engine's part of run_experiment, with the run directory locked."""
+    names = exp.algorithms
+    current = resolved_dict(exp)
     record = stamp(current, allow_changes)
     ckpts = CheckpointDir(out / "checkpoints", stamp=record)
-    if not resume and ckpts.any():
-        raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
-                          f"'bouquet run --resume {out}' or choose another directory")
-    out.mkdir(parents=True, exist_ok=True)
     if exp.run.threads:
         torch.set_num_threads(exp.run.threads)
     if not resume:
@@ -204,14 +228,17 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
     if exp.run.engine != "local":
         raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
                           f"run.engine = {exp.run.engine!r}")
-    allowed = list(allow_changes or [])
-    recorded = read_fingerprint(run_dir)
-    if recorded is not None:
-        changed = check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), allowed)
-        allowed = sorted({*allowed, *changed, *recorded.get("accepted_changes", [])})
-    CheckpointDir(run_dir / "checkpoints").remove_temporaries()
-    CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
-    return run_experiment(exp, run_dir, progress=progress, resume=True, allow_changes=allowed)
+    exp = _with_algorithms(exp, exp.algorithms)
+    _check_device(exp)
+    with _locked(run_dir, "--resume"):
+        allowed = list(allow_changes or [])
+        recorded = read_fingerprint(run_dir)
+        if recorded is not None:
+            changed = check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), allowed)
+            allowed = sorted({*allowed, *changed, *recorded.get("accepted_changes", [])})
+        CheckpointDir(run_dir / "checkpoints").remove_temporaries()
+        CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
+        return _run_local(exp, run_dir, progress, True, allowed)
 
 
 def _check_device(exp: Experiment) -> None:
