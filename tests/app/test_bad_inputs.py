@@ -98,9 +98,9 @@ def _non_utf8_config(tmp: Path) -> list[str]:
     return ["run", str(tmp / "exp.toml")]
 
 
-def _resume_without_checkpoints(tmp: Path) -> list[str]:
+def _resume_with_engine(tmp: Path) -> list[str]:
     (tmp / "config.toml").write_text(BASE)
-    return ["run", "--resume", str(tmp)]
+    return ["run", "--resume", str(tmp), "--engine", "flower-sim"]
 
 
 # (id, argv builder, text the one-line message must contain)
@@ -151,7 +151,7 @@ CASES: list[Case] = [
     ("--set below a value", lambda t: ["run", _config(t), "--set", "run.rounds.x=1"], "rounds is not a table"),
     ("--seeds not integers", lambda t: ["run", _config(t), "--seeds", "a,b"], "run.seeds"),
     ("--resume of a missing directory", lambda t: ["run", "--resume", str(t / "nope")], "no such run directory"),
-    ("--resume without checkpoints", _resume_without_checkpoints, "no checkpoints to resume from"),
+    ("--resume with --engine", _resume_with_engine, "drop --engine"),
     ("--resume with a config", lambda t: ["run", _config(t), "--resume", str(t)], "drop CONFIG"),
     ("--out holding an earlier run", lambda t: ["run", _config(t), "--out", str(_run_dir_with_checkpoint(t))],
      "holds checkpoints of an earlier run"),
@@ -198,6 +198,15 @@ CASES: list[Case] = [
                                            f'data.path="{_cifar_dir(t, "garbage")}"'], "data_batch_2: cannot unpickle"),
     ("CIFAR pickle of the wrong kind", lambda t: ["run", _config(t), "--set", 'data.name="cifar10"', "--set",
                                                   f'data.path="{_cifar_dir(t, "list")}"'], "unpickled a list"),
+    # repeated runs
+    ("repeated seed", lambda t: ["run", _config(t), "--seeds", "0,1,0"],
+     "run.seeds: expected distinct seeds (a repeated seed repeats the same run), got [0, 1, 0]"),
+    ("repeated seed in config", lambda t: ["run", _config(t), "--set", "run.seeds=[3, 3]"],
+     "run.seeds: expected distinct seeds"),
+    ("repeated algorithm", lambda t: ["run", _config(t), "--algorithms", "fedavg,local,fedavg"],
+     "--algorithms: 'fedavg' given twice; expected distinct algorithms"),
+    ("repeated algorithm in config", lambda t: ["run", _config(t, BASE.replace('["fedavg"]', '["fedavg", "fedavg"]'))],
+     "algorithms: 'fedavg' given twice"),
 ]
 
 

@@ -99,3 +99,22 @@ def test_more_rounds_with_allow_config_change(tmp_path: Path, finished: Path, ca
     _edit(run, run__rounds=5)
     line = _one_line_error(capsys, main(["run", "--resume", str(run), "--allow-config-change", "run.rounds"]))
     assert "run.rounds: expected at least 10" in line
+
+
+def test_resume_before_the_first_checkpoint_starts_afresh(tmp_path: Path, finished: Path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished / "config.toml", run / "config.toml")  # what a run killed before its first checkpoint left
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(notes) == 1 and notes[0].startswith(f"bouquet: note: --resume {run}: no checkpoint yet"), notes
+    assert "starting it afresh" in notes[0]
+    assert (run / "metrics.jsonl").read_text() == (finished / "metrics.jsonl").read_text()
+    assert json.loads((run / "fingerprint.json").read_text())["fingerprint"] == \
+        json.loads((finished / "fingerprint.json").read_text())["fingerprint"]
+
+
+def test_resume_refuses_options_it_would_not_honour(tmp_path: Path, finished: Path, capsys) -> None:
+    for option in (["--engine", "local"], ["--superlink", "127.0.0.1:9093"], ["--seeds", "1"]):
+        line = _one_line_error(capsys, main(["run", "--resume", str(finished), *option]))
+        assert f"drop {option[0]}" in line

@@ -14,6 +14,7 @@ Layout of a run directory::
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,7 @@ from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
 from ..files import DirLock, LockHeld, atomic_write_json, atomic_write_toml, write_jsonl
-from .config import Experiment, load_experiment, resolved_dict, with_run
+from .config import Experiment, load_experiment, require_distinct, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
 from .rundir import check_config, read_fingerprint, stamp, write_fingerprint
 
@@ -221,9 +222,6 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
         raise ConfigError(f"--resume {run_dir}: no such run directory")
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml; expected a directory written by 'bouquet run'")
-    if not CheckpointDir(run_dir / "checkpoints").any():
-        raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
-                          f"or the run stopped before its first checkpoint)")
     exp = load_experiment(run_dir / "config.toml")
     if exp.run.engine != "local":
         raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
@@ -231,13 +229,17 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
     exp = _with_algorithms(exp, exp.algorithms)
     _check_device(exp)
     with _locked(run_dir, "--resume"):
+        CheckpointDir(run_dir / "checkpoints").remove_temporaries()
+        CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
+        if not CheckpointDir(run_dir / "checkpoints").any():  # nothing computed yet: nothing to mix either
+            print(f"bouquet: note: --resume {run_dir}: no checkpoint yet (the run stopped before its first one); "
+                  f"starting it afresh as configured in {run_dir / 'config.toml'}", file=sys.stderr, flush=True)
+            return _run_local(exp, run_dir, progress, False, None)
         allowed = list(allow_changes or [])
         recorded = read_fingerprint(run_dir)
         if recorded is not None:
             changed = check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), allowed)
             allowed = sorted({*allowed, *changed, *recorded.get("accepted_changes", [])})
-        CheckpointDir(run_dir / "checkpoints").remove_temporaries()
-        CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
         return _run_local(exp, run_dir, progress, True, allowed)
 
 
@@ -255,6 +257,7 @@ def _with_algorithms(exp: Experiment, names: list[str]) -> Experiment:
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown:
         raise ConfigError(f"--algorithms: unknown algorithm {unknown[0]!r}; expected one of {sorted(ALGORITHMS)}")
+    require_distinct(names, "--algorithms")
     return replace(exp, algorithms=list(names))
 
 
