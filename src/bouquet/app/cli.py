@@ -98,12 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)
         return 2
-    except RunInterrupted as err:
+    except RunInterrupted as err:  # Ctrl-C (130) or SIGTERM (143), after a checkpoint
         print(f"bouquet: {err}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("bouquet: interrupted", file=sys.stderr)
-        return 130
+        return err.exit_code
+    except KeyboardInterrupt as err:  # a second signal, or Ctrl-C outside a run
+        code = getattr(err, "exit_code", 130)
+        print(f"bouquet: {'terminated' if code == 143 else 'interrupted'}", file=sys.stderr)
+        return code
     except RuntimeError as err:  # a run that failed outside bouquet (e.g. FlowerRunError): one line, status 1
         if not getattr(err, "user_facing", False):
             raise

@@ -89,8 +89,8 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
         if stop is not None and stop.requested and state.round < exp.run.rounds:
             path = save()
             where = f"checkpoint {path}" if path else "no checkpoint (checkpointing is off)"
-            raise RunInterrupted(f"interrupted: {name} seed {seed} stopped after round {state.round} of "
-                                 f"{exp.run.rounds}; {where}")
+            raise RunInterrupted(f"{stop.reason}: {name} seed {seed} stopped after round {state.round} of "
+                                 f"{exp.run.rounds}; {where}", stop.exit_code)
         if every and state.round % every == 0 and state.round < exp.run.rounds:
             save()
     wall = wall_before + time.perf_counter() - start
@@ -119,7 +119,8 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
     taken from their final checkpoints and the interrupted one continues from its latest valid one; each
     checkpoint's config fingerprint must match ``exp`` but for ``allow_changes`` (keys of SAFE_CHANGES).
-    Ctrl-C or SIGTERM stops after the current round, writes a checkpoint and raises RunInterrupted.
+    Ctrl-C or SIGTERM stops after the current round, writes a checkpoint and raises RunInterrupted (whose
+    ``exit_code`` is 130 or 143).
     """
     out = Path(out_dir)
     names = algorithms or exp.algorithms
@@ -187,7 +188,8 @@ def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_c
                                                                                          done + r),
                                           stop=stop)
                     except RunInterrupted as err:
-                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}") from None
+                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}",
+                                             err.exit_code) from None
                     finally:
                         if bar:
                             bar.close()

@@ -1,4 +1,4 @@
-"""Checksummed, atomic checkpoints of a run, and a Ctrl-C handler that stops at a round boundary.
+"""Checksummed, atomic checkpoints of a run, and a Ctrl-C/SIGTERM handler that stops at a round boundary.
 
 A checkpoint file is ``MAGIC + sha256(body) + "\\n" + body`` where ``body`` is a ``torch.save`` of
 plain containers of tensors and Python scalars (loaded back with ``weights_only=True``: a
@@ -144,36 +144,64 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# -- Ctrl-C ---------------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopRequest:
-    """Context manager: the first SIGINT asks the run to stop after the current round; a second aborts.
+    """Context manager: the first SIGINT or SIGTERM asks the run to stop after the current round; a second aborts.
 
-    Outside the main thread (where signal handlers cannot be installed) it does nothing and Ctrl-C
-    raises KeyboardInterrupt as usual.
+    ``signum`` is the signal received (None before one); ``exit_code`` the status to exit with, 128 + signum
+    (130 for SIGINT, 143 for SIGTERM). Outside the main thread (where signal handlers cannot be installed)
+    it does nothing and the signals act as usual.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 when no signal was received)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def reason(self) -> str:
+        """How the run was stopped, for messages: 'interrupted' (SIGINT) or 'terminated (SIGTERM)'."""
+        return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nbouquet: stopping after this round to write a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+            raise StopAborted(128 + signum)
+        self.requested, self.signum = True, signum
+        again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM again"
+        print(f"\nbouquet: {signal.Signals(signum).name}: stopping after this round to write a checkpoint "
+              f"({again} to abort)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """The run stopped on Ctrl-C after writing a checkpoint; the message says how to resume."""
+    """The run stopped on Ctrl-C or SIGTERM after writing a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopAborted(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: the run aborts at once; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__()
+        self.exit_code = exit_code
