@@ -207,6 +207,14 @@ CASES: list[Case] = [
      "--algorithms: 'fedavg' given twice; expected distinct algorithms"),
     ("repeated algorithm in config", lambda t: ["run", _config(t, BASE.replace('["fedavg"]', '["fedavg", "fedavg"]'))],
      "algorithms: 'fedavg' given twice"),
+    # run names (they name the folder runs/<name>-<time>)
+    ("name escaping runs/", lambda t: ["run", _config(t, 'name = "../../escaped"\n' + BASE.split("\n", 1)[1])],
+     "name: expected a run name (it names the folder runs/<name>-<time>) without path separators"),
+    ("name with '..'", lambda t: ["run", _config(t, 'name = "a..b"\n' + BASE.split("\n", 1)[1])],
+     "name: expected a run name (it names the folder runs/<name>-<time>) without '..', got 'a..b'"),
+    ("name too long", lambda t: ["run", _config(t, f'name = "{"x" * 300}"\n' + BASE.split("\n", 1)[1])],
+     "of at most 100 characters, got 300 characters"),
+    ("empty name", lambda t: ["run", _config(t, 'name = " "\n' + BASE.split("\n", 1)[1])], "not empty"),
 ]
 
 

@@ -135,7 +135,7 @@ def parse_experiment(raw: dict) -> Experiment:
             raise ConfigError(f"algo.{n}: unknown algorithm; expected one of {sorted(ALGORITHMS)}")
     algo = {n: parse_section(spec.options, algo_raw.get(n, {}), f"algo.{n}") for n, spec in ALGORITHMS.items()}
     exp = Experiment(
-        name=_coerce(raw.get("name", "experiment"), str, "name"),
+        name=check_name(_coerce(raw.get("name", "experiment"), str, "name")),
         algorithms=names,
         data=data,
         model=_parse_model(raw["model"]),
@@ -150,6 +150,22 @@ def parse_experiment(raw: dict) -> Experiment:
     require(exp.run.clients_per_round <= exp.data.num_clients, "run.clients_per_round",
             f"at most data.num_clients ({exp.data.num_clients})", exp.run.clients_per_round)
     return exp
+
+
+MAX_NAME = 100
+
+
+def check_name(name: str) -> str:
+    """A run name is one folder name (``runs/<name>-<time>``): printable, no path separator or '..', bounded."""
+    what = "a run name (it names the folder runs/<name>-<time>)"
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"name: expected {what} of at most {MAX_NAME} characters, got {len(name)} characters "
+                          f"({name[:20]!r}...)")
+    require(bool(name.strip()), "name", f"{what}, not empty", name)
+    require(name.isprintable(), "name", f"{what} of printable characters", name)
+    require("/" not in name and "\\" not in name, "name", f"{what} without path separators ('/' or '\\')", name)
+    require(".." not in name, "name", f"{what} without '..'", name)
+    return name
 
 
 def require_distinct(names: list[str], key: str) -> None:
