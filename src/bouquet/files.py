@@ -1,4 +1,7 @@
-"""Files written atomically: a crash leaves the old file or the new one, never half of one."""
+"""Files written atomically (a crash leaves the old file or the new one, never half of one), and a directory lock.
+
+New files get the mode the user's umask gives (``0o666 & ~umask``, like ``open()``), not mkstemp's 0600.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +15,27 @@ from typing import Any
 import tomli_w
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only a fallback)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; a file gets the mode open() would give it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -35,10 +53,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def atomic_write_toml(path: str | Path, obj: dict) -> None:
+    """Write ``obj`` as TOML, atomically."""
     atomic_write_bytes(path, tomli_w.dumps(obj).encode())
 
 
