@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 
 from bouquet.app.cli import main
+from bouquet.app.config import load_experiment, resolved_dict
+from bouquet.app.rundir import stamp, write_fingerprint
+from bouquet.files import DirLock
 
 BASE = """name = "t"
 algorithms = ["fedavg"]
@@ -96,6 +100,27 @@ def _run_dir_with_checkpoint(tmp: Path) -> Path:
 def _non_utf8_config(tmp: Path) -> list[str]:
     (tmp / "exp.toml").write_bytes(b"\xff\xfe[data]")
     return ["run", str(tmp / "exp.toml")]
+
+
+def _edited_run_dir(tmp: Path) -> list[str]:
+    """A run directory whose config.toml was edited after the run started (model and rounds changed)."""
+    d = _run_dir_with_checkpoint(tmp)
+    exp = load_experiment(_config(tmp))
+    write_fingerprint(d, stamp(resolved_dict(exp)))
+    (d / "config.toml").write_text(tomli_w.dumps(resolved_dict(exp)).replace("rounds = 1", "rounds = 5")
+                                   .replace('name = "linear"', 'name = "mlp"'))
+    return ["run", "--resume", str(d)]
+
+
+def _busy_run_dir(tmp: Path) -> list[str]:
+    """A directory another process is writing to (here: a lock this test process holds until it ends)."""
+    d = tmp / "busy"
+    d.mkdir()
+    _HELD.append(DirLock(d).acquire())
+    return ["run", _config(tmp), "--out", str(d)]
+
+
+_HELD: list[DirLock] = []
 
 
 def _resume_with_engine(tmp: Path) -> list[str]:
@@ -208,6 +233,16 @@ CASES: list[Case] = [
     ("repeated algorithm in config", lambda t: ["run", _config(t, BASE.replace('["fedavg"]', '["fedavg", "fedavg"]'))],
      "algorithms: 'fedavg' given twice"),
     # run names (they name the folder runs/<name>-<time>)
+    # run directories
+    ("--resume of an edited config.toml", _edited_run_dir,
+     "config.toml no longer matches the run; changed: model.name, run.rounds (model.name 'linear' -> 'mlp', "
+     "run.rounds 1 -> 5); restore model.name"),
+    ("--allow-config-change of an unsafe key", lambda t: ["run", "--resume", str(t), "--allow-config-change",
+                                                          "train.lr"],
+     "--allow-config-change: 'train.lr' cannot change"),
+    ("--allow-config-change without --resume", lambda t: ["run", _config(t), "--allow-config-change", "run.rounds"],
+     "--allow-config-change: only with --resume RUN_DIR"),
+    ("--out in use by another run", _busy_run_dir, "in use by another bouquet run (PID "),
     ("name escaping runs/", lambda t: ["run", _config(t, 'name = "../../escaped"\n' + BASE.split("\n", 1)[1])],
      "name: expected a run name (it names the folder runs/<name>-<time>) without path separators"),
     ("name with '..'", lambda t: ["run", _config(t, 'name = "a..b"\n' + BASE.split("\n", 1)[1])],

@@ -11,7 +11,9 @@ import pytest
 import tomli_w
 
 from bouquet.app.cli import main
+from bouquet.app.config import parse_experiment, resolved_dict
 from bouquet.app.rundir import changed_keys, fingerprint
+from bouquet.checks import ConfigError
 from bouquet.engine.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,3 +120,16 @@ def test_resume_refuses_options_it_would_not_honour(tmp_path: Path, finished: Pa
     for option in (["--engine", "local"], ["--superlink", "127.0.0.1:9093"], ["--seeds", "1"]):
         line = _one_line_error(capsys, main(["run", "--resume", str(finished), *option]))
         assert f"drop {option[0]}" in line
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_keep_their_fingerprint_through_config_toml(path: Path, tmp_path: Path) -> None:
+    """What --resume reads back (config.toml) must fingerprint like what the run started with."""
+    raw = tomllib.loads(path.read_text())
+    try:
+        exp = parse_experiment(raw)
+    except ConfigError:  # a dataset without a default location (mnist, cifar): any directory will do
+        exp = parse_experiment({**raw, "data": {**raw["data"], "path": str(tmp_path)}})
+    resolved = resolved_dict(exp)
+    again = resolved_dict(parse_experiment(tomllib.loads(tomli_w.dumps(resolved))))
+    assert changed_keys(resolved, again) == [] and fingerprint(resolved) == fingerprint(again)
