@@ -14,9 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 
 from bouquet.app.cli import main
+from bouquet.app.config import load_experiment, resolved_dict
+from bouquet.app.rundir import stamp, write_fingerprint
+from bouquet.files import DirLock
 
 BASE = """name = "t"
 algorithms = ["fedavg"]
@@ -98,9 +102,30 @@ def _non_utf8_config(tmp: Path) -> list[str]:
     return ["run", str(tmp / "exp.toml")]
 
 
-def _resume_without_checkpoints(tmp: Path) -> list[str]:
+def _edited_run_dir(tmp: Path) -> list[str]:
+    """A run directory whose config.toml was edited after the run started (model and rounds changed)."""
+    d = _run_dir_with_checkpoint(tmp)
+    exp = load_experiment(_config(tmp))
+    write_fingerprint(d, stamp(resolved_dict(exp)))
+    (d / "config.toml").write_text(tomli_w.dumps(resolved_dict(exp)).replace("rounds = 1", "rounds = 5")
+                                   .replace('name = "linear"', 'name = "mlp"'))
+    return ["run", "--resume", str(d)]
+
+
+def _busy_run_dir(tmp: Path) -> list[str]:
+    """A directory another process is writing to (here: a lock this test process holds until it ends)."""
+    d = tmp / "busy"
+    d.mkdir()
+    _HELD.append(DirLock(d).acquire())
+    return ["run", _config(tmp), "--out", str(d)]
+
+
+_HELD: list[DirLock] = []
+
+
+def _resume_with_engine(tmp: Path) -> list[str]:
     (tmp / "config.toml").write_text(BASE)
-    return ["run", "--resume", str(tmp)]
+    return ["run", "--resume", str(tmp), "--engine", "flower-sim"]
 
 
 # (id, argv builder, text the one-line message must contain)
@@ -151,7 +176,7 @@ CASES: list[Case] = [
     ("--set below a value", lambda t: ["run", _config(t), "--set", "run.rounds.x=1"], "rounds is not a table"),
     ("--seeds not integers", lambda t: ["run", _config(t), "--seeds", "a,b"], "run.seeds"),
     ("--resume of a missing directory", lambda t: ["run", "--resume", str(t / "nope")], "no such run directory"),
-    ("--resume without checkpoints", _resume_without_checkpoints, "no checkpoints to resume from"),
+    ("--resume with --engine", _resume_with_engine, "drop --engine"),
     ("--resume with a config", lambda t: ["run", _config(t), "--resume", str(t)], "drop CONFIG"),
     ("--out holding an earlier run", lambda t: ["run", _config(t), "--out", str(_run_dir_with_checkpoint(t))],
      "holds checkpoints of an earlier run"),
@@ -198,6 +223,33 @@ CASES: list[Case] = [
                                            f'data.path="{_cifar_dir(t, "garbage")}"'], "data_batch_2: cannot unpickle"),
     ("CIFAR pickle of the wrong kind", lambda t: ["run", _config(t), "--set", 'data.name="cifar10"', "--set",
                                                   f'data.path="{_cifar_dir(t, "list")}"'], "unpickled a list"),
+    # repeated runs
+    ("repeated seed", lambda t: ["run", _config(t), "--seeds", "0,1,0"],
+     "run.seeds: expected distinct seeds (a repeated seed repeats the same run), got [0, 1, 0]"),
+    ("repeated seed in config", lambda t: ["run", _config(t), "--set", "run.seeds=[3, 3]"],
+     "run.seeds: expected distinct seeds"),
+    ("repeated algorithm", lambda t: ["run", _config(t), "--algorithms", "fedavg,local,fedavg"],
+     "--algorithms: 'fedavg' given twice; expected distinct algorithms"),
+    ("repeated algorithm in config", lambda t: ["run", _config(t, BASE.replace('["fedavg"]', '["fedavg", "fedavg"]'))],
+     "algorithms: 'fedavg' given twice"),
+    # run names (they name the folder runs/<name>-<time>)
+    # run directories
+    ("--resume of an edited config.toml", _edited_run_dir,
+     "config.toml no longer matches the run; changed: model.name, run.rounds (model.name 'linear' -> 'mlp', "
+     "run.rounds 1 -> 5); restore model.name"),
+    ("--allow-config-change of an unsafe key", lambda t: ["run", "--resume", str(t), "--allow-config-change",
+                                                          "train.lr"],
+     "--allow-config-change: 'train.lr' cannot change"),
+    ("--allow-config-change without --resume", lambda t: ["run", _config(t), "--allow-config-change", "run.rounds"],
+     "--allow-config-change: only with --resume RUN_DIR"),
+    ("--out in use by another run", _busy_run_dir, "in use by another bouquet run (PID "),
+    ("name escaping runs/", lambda t: ["run", _config(t, 'name = "../../escaped"\n' + BASE.split("\n", 1)[1])],
+     "name: expected a run name (it names the folder runs/<name>-<time>) without path separators"),
+    ("name with '..'", lambda t: ["run", _config(t, 'name = "a..b"\n' + BASE.split("\n", 1)[1])],
+     "name: expected a run name (it names the folder runs/<name>-<time>) without '..', got 'a..b'"),
+    ("name too long", lambda t: ["run", _config(t, f'name = "{"x" * 300}"\n' + BASE.split("\n", 1)[1])],
+     "of at most 100 characters, got 300 characters"),
+    ("empty name", lambda t: ["run", _config(t, 'name = " "\n' + BASE.split("\n", 1)[1])], "not empty"),
 ]
 
 

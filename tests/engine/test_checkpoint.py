@@ -178,5 +178,5 @@ def test_resume_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no config.toml"):
         resume_experiment(tmp_path)
     (tmp_path / "config.toml").write_text("")
-    with pytest.raises(ConfigError, match="no checkpoints"):
+    with pytest.raises(ConfigError, match="data: missing required table"):
         resume_experiment(tmp_path)

@@ -1,4 +1,4 @@
-"""A real ``bouquet run`` process killed (SIGKILL) or interrupted (SIGINT) mid-run, then resumed: identical results."""
+"""A real ``bouquet run`` killed (SIGKILL) or stopped (SIGINT, SIGTERM) mid-run, then resumed: identical results."""
 
 from __future__ import annotations
 
@@ -95,13 +95,17 @@ def test_sigkill_at_a_random_round_then_resume_is_identical(tmp_path: Path, refe
         raise AssertionError(f"seed {seed} ({tag} after round {at}): {e}") from None
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_130(tmp_path: Path, reference: Reference) -> None:
+@pytest.mark.parametrize(("sig", "code", "reason"), [(signal.SIGINT, 130, "interrupted"),
+                                                     (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_exits_128_plus_signal(tmp_path: Path, reference: Reference,
+                                                                          sig: int, code: int, reason: str) -> None:
     out = tmp_path / "run"
     proc = _start(out)
     assert _wait_for_checkpoint(proc, out, "fedavg-seed0", 6)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rc, err = _finish(proc)
-    assert rc == 130, err
+    assert rc == code, err
+    assert f"bouquet: {reason}: fedavg seed 0 stopped after round" in err
     assert "checkpoint" in err and f"bouquet run --resume {out}" in err
     stopped = int(err.split("stopped after round ")[1].split()[0])
     assert CheckpointDir(out / "checkpoints").files("fedavg-seed0")[0].name == f"fedavg-seed0-r{stopped:07d}.ckpt"

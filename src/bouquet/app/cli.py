@@ -22,6 +22,7 @@ from .config import load_experiment
 from .config_reference import render_markdown
 from .report import results_table
 from .report_html import write_report
+from .rundir import parse_allowed
 from .runner import resume_experiment, run_experiment
 
 
@@ -38,7 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", help="comma-separated seeds (default: run.seeds)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
-                     "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms or --seeds)")
+                     "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms, --seeds, "
+                     "--out, --engine or --superlink)")
+    run.add_argument("--allow-config-change", metavar="KEYS", help="with --resume: accept these edited keys of "
+                     "config.toml (comma list of run.rounds, run.eval_every, run.checkpoint_every, run.threads)")
     run.add_argument("--engine", choices=["local", "flower-sim", "flower"],
                      help="local (default: run.engine), flower-sim (Flower simulation runtime) or flower "
                      "(a running SuperLink, see --superlink); docs/flower.md")
@@ -57,14 +61,18 @@ def _parser() -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         given = [o for o, v in (("CONFIG", args.config), ("--set", args.overrides), ("--algorithms", args.algorithms),
-                                ("--seeds", args.seeds), ("--out", args.out)) if v]
+                                ("--seeds", args.seeds), ("--out", args.out), ("--engine", args.engine),
+                                ("--superlink", args.superlink)) if v]
         if given:
             raise ConfigError(f"--resume: continues the run as configured in {args.resume}/config.toml; "
                               f"drop {', '.join(given)}")
-        summary = resume_experiment(args.resume, progress=not args.no_progress)
+        allowed = parse_allowed(args.allow_config_change)
+        summary = resume_experiment(args.resume, progress=not args.no_progress, allow_changes=allowed)
         print(results_table(summary))
         print(f"run directory: {args.resume}")
         return 0
+    if args.allow_config_change:
+        raise ConfigError("--allow-config-change: only with --resume RUN_DIR (a new run has nothing to change)")
     if not args.config:
         raise ConfigError("CONFIG: expected an experiment TOML file (or --resume RUN_DIR)")
     overrides = list(args.overrides)
@@ -120,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as err:
         print(f"bouquet: error: {err}", file=sys.stderr)
         return 2
-    except RunInterrupted as err:
+    except RunInterrupted as err:  # Ctrl-C (130) or SIGTERM (143), after a checkpoint
         print(f"bouquet: {err}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("bouquet: interrupted", file=sys.stderr)
-        return 130
+        return err.exit_code
+    except KeyboardInterrupt as err:  # a second signal, or Ctrl-C outside a run
+        code = getattr(err, "exit_code", 130)
+        print(f"bouquet: {'terminated' if code == 143 else 'interrupted'}", file=sys.stderr)
+        return code
     except RuntimeError as err:  # a run that failed outside bouquet (e.g. FlowerRunError): one line, status 1
         if not getattr(err, "user_facing", False):
             raise

@@ -45,6 +45,8 @@ class RunConfig(RunSpec):
     def check(self, s: str) -> None:
         super().check(s)
         require(len(self.seeds) >= 1, f"{s}.seeds", "a non-empty list of integers", self.seeds)
+        require(len(set(self.seeds)) == len(self.seeds), f"{s}.seeds", "distinct seeds (a repeated seed repeats "
+                "the same run)", self.seeds)
         require(self.engine in ENGINES, f"{s}.engine", "'local', 'flower-sim' or 'flower'", self.engine)
         require(self.threads is None or self.threads >= 1, f"{s}.threads", "none or >= 1", self.threads)
         require(self.checkpoint_every >= 0, f"{s}.checkpoint_every", "an integer >= 0 (0: final checkpoint only)",
@@ -120,6 +122,7 @@ def parse_experiment(raw: dict) -> Experiment:
     for n in names:
         if n not in ALGORITHMS:
             raise ConfigError(f"algorithms: unknown algorithm {n!r}; expected one of {sorted(ALGORITHMS)}")
+    require_distinct(names, "algorithms")
     try:
         data = DataSpec.from_dict(raw["data"]) if isinstance(raw["data"], dict) else None
     except (DataError, TypeError) as err:
@@ -134,7 +137,7 @@ def parse_experiment(raw: dict) -> Experiment:
             raise ConfigError(f"algo.{n}: unknown algorithm; expected one of {sorted(ALGORITHMS)}")
     algo = {n: parse_section(spec.options, algo_raw.get(n, {}), f"algo.{n}") for n, spec in ALGORITHMS.items()}
     exp = Experiment(
-        name=_coerce(raw.get("name", "experiment"), str, "name"),
+        name=check_name(_coerce(raw.get("name", "experiment"), str, "name")),
         algorithms=names,
         data=data,
         model=_parse_model(raw["model"]),
@@ -149,6 +152,29 @@ def parse_experiment(raw: dict) -> Experiment:
     require(exp.run.clients_per_round <= exp.data.num_clients, "run.clients_per_round",
             f"at most data.num_clients ({exp.data.num_clients})", exp.run.clients_per_round)
     return exp
+
+
+MAX_NAME = 100
+
+
+def check_name(name: str) -> str:
+    """A run name is one folder name (``runs/<name>-<time>``): printable, no path separator or '..', bounded."""
+    what = "a run name (it names the folder runs/<name>-<time>)"
+    if len(name) > MAX_NAME:
+        raise ConfigError(f"name: expected {what} of at most {MAX_NAME} characters, got {len(name)} characters "
+                          f"({name[:20]!r}...)")
+    require(bool(name.strip()), "name", f"{what}, not empty", name)
+    require(name.isprintable(), "name", f"{what} of printable characters", name)
+    require("/" not in name and "\\" not in name, "name", f"{what} without path separators ('/' or '\\')", name)
+    require(".." not in name, "name", f"{what} without '..'", name)
+    return name
+
+
+def require_distinct(names: list[str], key: str) -> None:
+    """A list of algorithm names without repeats (ConfigError naming ``key`` and the repeated name)."""
+    repeated = [n for i, n in enumerate(names) if n in names[:i]]
+    if repeated:
+        raise ConfigError(f"{key}: {repeated[0]!r} given twice; expected distinct algorithms")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

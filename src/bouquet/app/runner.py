@@ -3,6 +3,8 @@
 Layout of a run directory::
 
     config.toml      the resolved experiment
+    fingerprint.json SHA-256 of the resolved experiment and the package version (app/rundir.py), also in
+                     every checkpoint: --resume refuses an edited config.toml
     metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
                      rounds the mean/std/per-cluster/per-client scores
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
@@ -12,8 +14,10 @@ Layout of a run directory::
 from __future__ import annotations
 
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -26,9 +30,10 @@ from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
-from ..files import atomic_write_json, atomic_write_toml, write_jsonl
-from .config import Experiment, load_experiment, resolved_dict, with_run
+from ..files import DirLock, LockHeld, atomic_write_json, atomic_write_toml, write_jsonl
+from .config import Experiment, load_experiment, require_distinct, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
+from .rundir import check_config, read_fingerprint, stamp, write_fingerprint
 
 
 def simulator(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Simulator, int]:
@@ -84,8 +89,8 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
         if stop is not None and stop.requested and state.round < exp.run.rounds:
             path = save()
             where = f"checkpoint {path}" if path else "no checkpoint (checkpointing is off)"
-            raise RunInterrupted(f"interrupted: {name} seed {seed} stopped after round {state.round} of "
-                                 f"{exp.run.rounds}; {where}")
+            raise RunInterrupted(f"{stop.reason}: {name} seed {seed} stopped after round {state.round} of "
+                                 f"{exp.run.rounds}; {where}", stop.exit_code)
         if every and state.round % every == 0 and state.round < exp.run.rounds:
             save()
     wall = wall_before + time.perf_counter() - start
@@ -107,30 +112,61 @@ def _to_device(tree, device: torch.device):
 
 
 def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] | None = None,
-                   progress: bool = True, resume: bool = False, superlink: str | None = None) -> dict:
-    """Run every (algorithm, seed); write config.toml, metrics.jsonl, summary.json; return the summary.
+                   progress: bool = True, resume: bool = False, superlink: str | None = None,
+                   allow_changes: list[str] | None = None) -> dict:
+    """Run every (algorithm, seed); write config.toml, fingerprint.json, metrics.jsonl, summary.json; return summary.
 
     Checkpoints go to ``<out_dir>/checkpoints``. With ``resume``, finished (algorithm, seed) runs are
-    taken from their final checkpoints and the interrupted one continues from its latest valid one.
-    Ctrl-C stops after the current round, writes a checkpoint and raises RunInterrupted.
+    taken from their final checkpoints and the interrupted one continues from its latest valid one; each
+    checkpoint's config fingerprint must match ``exp`` but for ``allow_changes`` (keys of SAFE_CHANGES).
+    Ctrl-C or SIGTERM stops after the current round, writes a checkpoint and raises RunInterrupted (whose
+    ``exit_code`` is 130 or 143).
     """
     out = Path(out_dir)
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
-    if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
-        from .flower_run import run as run_flower  # needs the optional flwr package
-
-        return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
-    ckpts = CheckpointDir(out / "checkpoints")
-    if not resume and ckpts.any():
-        raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
-                          f"'bouquet run --resume {out}' or choose another directory")
     out.mkdir(parents=True, exist_ok=True)
+    with _locked(out, "--resume" if resume else "--out"):
+        if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
+            from .flower_run import run as run_flower  # needs the optional flwr package
+
+            write_fingerprint(out, stamp(resolved_dict(exp)))
+            return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
+        if not resume and CheckpointDir(out / "checkpoints").any():
+            raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
+                              f"'bouquet run --resume {out}' or choose another directory")
+        return _run_local(exp, out, progress, resume, allow_changes)
+
+
+@contextmanager
+def _locked(out: Path, option: str) -> Iterator[None]:
+    """Hold ``out``'s DirLock: one writer per run directory; another holder is a ConfigError naming its PID."""
+    try:
+        lock = DirLock(out).acquire()
+    except LockHeld as err:
+        holder = f"PID {err.pid}" if err.pid else "another process"
+        raise ConfigError(f"{option} {out}: in use by another bouquet run ({holder}, lock file {err.path}); wait "
+                          f"for it to end or choose another directory") from None
+    except OSError as err:
+        raise ConfigError(f"{option} {out}: cannot lock the run directory ({err.strerror or err})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_changes: list[str] | None) -> dict:
+    """The local engine's part of run_experiment, with the run directory locked."""
+    names = exp.algorithms
+    current = resolved_dict(exp)
+    record = stamp(current, allow_changes)
+    ckpts = CheckpointDir(out / "checkpoints", stamp=record)
     if exp.run.threads:
         torch.set_num_threads(exp.run.threads)
     if not resume:
-        atomic_write_toml(out / "config.toml", resolved_dict(exp))
+        atomic_write_toml(out / "config.toml", current)
+    write_fingerprint(out, record)
     all_records: list[dict] = []
     summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
     with StopRequest() as stop:
@@ -138,8 +174,8 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
             runs = []
             for seed in exp.run.seeds:
                 found = ckpts.latest(checkpoint_tag(name, seed)) if resume else None
-                snap = found[0] if found else None
-                if snap is not None and snap["finished"]:
+                snap = _checked(found, current, record["accepted_changes"], exp.run.rounds)
+                if snap is not None and snap["finished"] and snap["round"] == exp.run.rounds:
                     s, recs = snap["summary"], snap["records"]
                 else:
                     data = dataset_for_seed(exp, seed)
@@ -152,7 +188,8 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
                                                                                          done + r),
                                           stop=stop)
                     except RunInterrupted as err:
-                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}") from None
+                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}",
+                                             err.exit_code) from None
                     finally:
                         if bar:
                             bar.close()
@@ -164,23 +201,48 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     return summary
 
 
-def resume_experiment(run_dir: str | Path, progress: bool = True) -> dict:
-    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary."""
+def _checked(found: tuple[dict, Path] | None, current: dict, allowed: list[str], rounds: int) -> dict | None:
+    """The checkpoint of ``found`` after checking that it belongs to ``current`` (ConfigError if not)."""
+    if found is None:
+        return None
+    snap, path = found
+    if "fingerprint" in snap:  # checkpoints written before fingerprints (version 2 without one) pass
+        check_config(f"--resume: checkpoint {path}", snap, current, allowed)
+    if snap["round"] > rounds:
+        raise ConfigError(f"run.rounds: expected at least {snap['round']} (checkpoint {path} is at round "
+                          f"{snap['round']}), got {rounds}")
+    return snap
+
+
+def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes: list[str] | None = None) -> dict:
+    """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary.
+
+    ``config.toml`` must still match the run's fingerprint, but for the keys in ``allow_changes``.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {run_dir}: no such run directory")
     if not (run_dir / "config.toml").is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml; expected a directory written by 'bouquet run'")
-    if not CheckpointDir(run_dir / "checkpoints").any():
-        raise ConfigError(f"--resume {run_dir}: no checkpoints to resume from (run.checkpoint_every = 0, "
-                          f"or the run stopped before its first checkpoint)")
     exp = load_experiment(run_dir / "config.toml")
     if exp.run.engine != "local":
         raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
                           f"run.engine = {exp.run.engine!r}")
-    CheckpointDir(run_dir / "checkpoints").remove_temporaries()
-    CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
-    return run_experiment(exp, run_dir, progress=progress, resume=True)
+    exp = _with_algorithms(exp, exp.algorithms)
+    _check_device(exp)
+    with _locked(run_dir, "--resume"):
+        CheckpointDir(run_dir / "checkpoints").remove_temporaries()
+        CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
+        if not CheckpointDir(run_dir / "checkpoints").any():  # nothing computed yet: nothing to mix either
+            print(f"bouquet: note: --resume {run_dir}: no checkpoint yet (the run stopped before its first one); "
+                  f"starting it afresh as configured in {run_dir / 'config.toml'}", file=sys.stderr, flush=True)
+            return _run_local(exp, run_dir, progress, False, None)
+        allowed = list(allow_changes or [])
+        recorded = read_fingerprint(run_dir)
+        if recorded is not None:
+            changed = check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), allowed)
+            allowed = sorted({*allowed, *changed, *recorded.get("accepted_changes", [])})
+        return _run_local(exp, run_dir, progress, True, allowed)
 
 
 def _check_device(exp: Experiment) -> None:
@@ -197,6 +259,7 @@ def _with_algorithms(exp: Experiment, names: list[str]) -> Experiment:
     unknown = [n for n in names if n not in ALGORITHMS]
     if unknown:
         raise ConfigError(f"--algorithms: unknown algorithm {unknown[0]!r}; expected one of {sorted(ALGORITHMS)}")
+    require_distinct(names, "--algorithms")
     return replace(exp, algorithms=list(names))
 
 

@@ -1,4 +1,4 @@
-"""Checksummed, atomic checkpoints of a run, and a Ctrl-C handler that stops at a round boundary.
+"""Checksummed, atomic checkpoints of a run, and a Ctrl-C/SIGTERM handler that stops at a round boundary.
 
 A checkpoint file is ``MAGIC + sha256(body) + "\\n" + body`` where ``body`` is a ``torch.save`` of
 plain containers of tensors and Python scalars (loaded back with ``weights_only=True``: a
@@ -66,11 +66,15 @@ def load_checkpoint(path: str | Path) -> Any:
 
 
 class CheckpointDir:
-    """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag."""
+    """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag.
 
-    def __init__(self, directory: str | Path, keep: int = 2):
+    ``stamp`` entries (e.g. the config fingerprint) are added to every checkpoint saved.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2, stamp: dict | None = None):
         self.dir = Path(directory)
         self.keep = keep
+        self.stamp = dict(stamp or {})
 
     def path(self, tag: str, round_idx: int) -> Path:
         return self.dir / f"{tag}-r{round_idx:07d}.ckpt"
@@ -97,7 +101,7 @@ class CheckpointDir:
     def save(self, tag: str, round_idx: int, obj: Any) -> Path:
         """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``."""
         path = self.path(tag, round_idx)
-        save_checkpoint(path, obj)
+        save_checkpoint(path, {**obj, **self.stamp} if self.stamp and isinstance(obj, dict) else obj)
         for old in self.files(tag)[self.keep:]:
             old.unlink(missing_ok=True)
         return path
@@ -140,36 +144,64 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# -- Ctrl-C ---------------------------------------------------------------------------------------
+# -- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopRequest:
-    """Context manager: the first SIGINT asks the run to stop after the current round; a second aborts.
+    """Context manager: the first SIGINT or SIGTERM asks the run to stop after the current round; a second aborts.
 
-    Outside the main thread (where signal handlers cannot be installed) it does nothing and Ctrl-C
-    raises KeyboardInterrupt as usual.
+    ``signum`` is the signal received (None before one); ``exit_code`` the status to exit with, 128 + signum
+    (130 for SIGINT, 143 for SIGTERM). Outside the main thread (where signal handlers cannot be installed)
+    it does nothing and the signals act as usual.
     """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number (130 when no signal was received)."""
+        return 128 + (self.signum or signal.SIGINT)
+
+    @property
+    def reason(self) -> str:
+        """How the run was stopped, for messages: 'interrupted' (SIGINT) or 'terminated (SIGTERM)'."""
+        return "terminated (SIGTERM)" if self.signum == signal.SIGTERM else "interrupted"
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nbouquet: stopping after this round to write a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+            raise StopAborted(128 + signum)
+        self.requested, self.signum = True, signum
+        again = "Ctrl-C again" if signum == signal.SIGINT else "SIGTERM again"
+        print(f"\nbouquet: {signal.Signals(signum).name}: stopping after this round to write a checkpoint "
+              f"({again} to abort)", file=sys.stderr, flush=True)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """The run stopped on Ctrl-C after writing a checkpoint; the message says how to resume."""
+    """The run stopped on Ctrl-C or SIGTERM after writing a checkpoint; the message says how to resume."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopAborted(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: the run aborts at once; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, exit_code: int = 130):
+        super().__init__()
+        self.exit_code = exit_code
