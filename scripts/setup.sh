@@ -24,6 +24,9 @@ if [ "$what" = "all" ]; then
     missing=""
     [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"
     [ -d /usr/share/games/fortunes ] || missing="$missing fortunes fortunes-min"
+    # headless Chromium and its driver: the report's browser test (tests/app/test_report_browser.py)
+    command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+    command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
     if [ -n "$missing" ]; then
       (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null) \
         || echo "setup: could not install$missing (tests that need them will be skipped)"
