@@ -37,3 +37,13 @@ def test_demo_script_ends_by_writing_the_report():
     readme = (REPO / "README.md").read_text()
     first = readme[readme.index("## Two commands"):readme.index("## Running experiments")]
     assert "runs/demo/report/report.html" in first and "report" in first.split("bash scripts/test.sh")[0]
+
+
+def test_readme_tour_example_runs(capsys):
+    """The five-minute tour's FLoRAL-on-your-model snippet (20 rounds instead of 400, same code)."""
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## A five-minute tour"):text.index("## Running experiments")]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert "from bouquet." not in code and code.count("rounds=400") == 1
+    exec(compile(code.replace("rounds=400", "rounds=20"), "README.md", "exec"), {})
+    assert 0.0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 1.0
