@@ -32,6 +32,7 @@ from torch.func import functional_call
 from ..checks import require
 from .local_update import LocalUpdate
 from .routing import RouterConfig
+from .server_opt import ServerOptimizer
 
 Params = dict[str, Tensor]
 Payload = dict[str, Tensor]
@@ -187,6 +188,17 @@ def weighted_mean(stacked: Tensor, weights: Tensor) -> Tensor:
     w = weights.to(stacked.dtype)
     w = w / w.sum().clamp_min(torch.finfo(stacked.dtype).tiny)
     return torch.tensordot(w, stacked, dims=1)
+
+
+def fedavg_aggregate(server_opt: ServerOptimizer) -> Callable[[ServerState, Payload, Tensor], ServerState]:
+    """``aggregate`` of every FedAvg-style method: each upload averaged by n_k, then the server optimizer."""
+
+    def aggregate(server: ServerState, uploads: Payload, num_examples: Tensor) -> ServerState:
+        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
+        params, opt = server_opt.update(server["params"], avg, server["opt"])
+        return {**server, "params": params, "opt": opt}
+
+    return aggregate
 
 
 def payload_nbytes(payload: Mapping[str, Tensor]) -> int:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..checks import require
-from .contract import Algorithm, Finetune, LossSpec, Objective, model_params, task_loss, weighted_mean
+from .contract import Algorithm, Finetune, LossSpec, Objective, fedavg_aggregate, model_params, task_loss
 from .local_update import LocalUpdate, local_sgd
 from .registry import BuildContext, NoOptions, register
 from .server_opt import ServerOptimizer, server_sgd
@@ -43,16 +43,12 @@ def fedavg(model: nn.Module, objective: Objective, *, lr: float, weight_decay: f
     def client_final(trainable, payload, client_state, num_examples, batches):
         return dict(trainable), {}
 
-    def aggregate(server, uploads, num_examples):
-        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
-        params, opt = server_opt.update(server["params"], avg, server["opt"])
-        return {"params": params, "opt": opt}
-
     def personalize(server, client_state):
         return server["params"]
 
     alg = Algorithm(name=name, model=model, objective=objective, init=init, broadcast=broadcast,
-                    client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                    client_init=client_init, loss=loss, client_final=client_final,
+                    aggregate=fedavg_aggregate(server_opt),
                     personalize=personalize,
                     local_update=local_update or local_sgd(lr, weight_decay_rate=weight_decay),
                     finetune=finetune, loss_spec=LossSpec())

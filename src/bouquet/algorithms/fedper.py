@@ -19,11 +19,11 @@ from .contract import (
     LossSpec,
     Objective,
     add_prefix,
+    fedavg_aggregate,
     model_params,
     prefixed,
     stack_for_clients,
     task_loss,
-    weighted_mean,
 )
 from .local_update import LocalUpdate, local_sgd
 from .registry import BuildContext, register
@@ -73,16 +73,12 @@ def personal_head(model: nn.Module, objective: Objective, head: set[str], *, loc
         upload = {k: v for k, v in trainable.items() if k not in head}
         return upload, add_prefix({k: v for k, v in trainable.items() if k in head}, HEAD)
 
-    def aggregate(server, uploads, num_examples):
-        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
-        params, opt = server_opt.update(server["params"], avg, server["opt"])
-        return {"params": params, "opt": opt}
-
     def personalize(server, client_state):
         return {**server["params"], **prefixed(client_state, HEAD)}
 
     alg = Algorithm(name=name, model=model, objective=objective, init=init, broadcast=broadcast,
-                    client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                    client_init=client_init, loss=loss, client_final=client_final,
+                    aggregate=fedavg_aggregate(server_opt),
                     personalize=personalize, local_update=local_update, private_keys=(HEAD,), loss_spec=LossSpec(),
                     param_counts={"head": sum(v.numel() for v in head0.values()),
                                   "uploaded": sum(v.numel() for v in body0.values())})

@@ -19,10 +19,10 @@ from .contract import (
     LossSpec,
     Objective,
     add_prefix,
+    fedavg_aggregate,
     prefixed,
     stack_for_clients,
     task_loss,
-    weighted_mean,
 )
 from .floral import LearningRates, as_rank, wrap
 from .local_update import local_sgd
@@ -71,18 +71,14 @@ def local_adaptor(model: MixtureModel, objective: Objective, *, lr: float, lora_
         private = {k: v for k, v in trainable.items() if param_role(k) == "adaptor"}
         return upload, add_prefix(private, PRIVATE)
 
-    def aggregate(server, uploads, num_examples):
-        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
-        params, opt = server_opt.update(server["params"], avg, server["opt"])
-        return {"params": params, "opt": opt}
-
     def personalize(server, client_state):
         return {**server["params"], **prefixed(client_state, PRIVATE)}
 
     update = local_sgd(lr, lr_of=rates.of, weight_decay_rate=weight_decay,
                        precondition_eps=precondition_eps if precondition else None)
     return Algorithm(name=name, model=model, objective=objective, init=init, broadcast=broadcast,
-                     client_init=client_init, loss=loss, client_final=client_final, aggregate=aggregate,
+                     client_init=client_init, loss=loss, client_final=client_final,
+                    aggregate=fedavg_aggregate(server_opt),
                      personalize=personalize, local_update=update, forward=forward, private_keys=(PRIVATE,),
                      loss_spec=LossSpec(),
                      param_counts={"adaptors": sum(v.numel() for v in adaptor0.values()),

@@ -24,10 +24,10 @@ from .contract import (
     Objective,
     Params,
     add_prefix,
+    fedavg_aggregate,
     prefixed,
     stack_for_clients,
     task_loss,
-    weighted_mean,
 )
 from .fedavg import FinetuneOptions
 from .local_update import local_sgd
@@ -74,15 +74,6 @@ def lora_algorithm(name: str, template: nn.Module, objective: Objective, lr: flo
                      local_update=local_sgd(lr, lr_of=lr_of, weight_decay_rate=weight_decay), **functions)
 
 
-def _fedavg_step(server_opt: ServerOptimizer):
-    def aggregate(server, uploads, num_examples):
-        avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
-        params, opt = server_opt.update(server["params"], avg, server["opt"])
-        return {**server, "params": params, "opt": opt}
-
-    return aggregate
-
-
 def partitioned_lora(template: nn.Module, init: Params, objective: Objective, *, lr: float, name: str,
                      shared: Iterable[str], local: Iterable[str] = (), frozen: Iterable[str] = (),
                      weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None,
@@ -118,7 +109,7 @@ def partitioned_lora(template: nn.Module, init: Params, objective: Objective, *,
     ft = Finetune(finetune[0], finetune[1], lambda k: k not in frozen) if finetune else None
     alg = lora_algorithm(name, template, objective, lr, weight_decay, init=init_fn,
                          broadcast=lambda s: dict(s["params"]), client_init=client_init, loss=loss,
-                         client_final=client_final, aggregate=_fedavg_step(server_opt), personalize=personalize,
+                         client_final=client_final, aggregate=fedavg_aggregate(server_opt), personalize=personalize,
                          private_keys=(LOCAL,), finetune=ft)
     return alg
 
@@ -152,7 +143,7 @@ def ditto(template: nn.Module, init: Params, objective: Objective, *, lr: float,
 
     alg = lora_algorithm("ditto", template, objective, lr, weight_decay, init=init_fn,
                          broadcast=lambda s: dict(s["params"]), client_init=client_init, loss=loss,
-                         client_final=client_final, aggregate=_fedavg_step(server_opt),
+                         client_final=client_final, aggregate=fedavg_aggregate(server_opt),
                          personalize=lambda s, c: prefixed(c, PERSONAL), private_keys=(PERSONAL,))
     return alg
 
@@ -196,7 +187,7 @@ def apfl(template: nn.Module, init: Params, objective: Objective, *, lr: float, 
 
     return lora_algorithm("apfl", template, objective, lr, weight_decay, init=init_fn,
                           broadcast=lambda s: dict(s["params"]), client_init=client_init, loss=loss,
-                          client_final=client_final, aggregate=_fedavg_step(server_opt), personalize=personalize,
+                          client_final=client_final, aggregate=fedavg_aggregate(server_opt), personalize=personalize,
                           forward=apfl_forward(template), private_keys=(PERSONAL, APFL_ALPHA),
                           lr_of=lambda k: alpha_lr if k == APFL_ALPHA else lr)
 
