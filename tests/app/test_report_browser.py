@@ -1,5 +1,6 @@
-"""report.html in a real headless Chromium (Debian's chromium + chromium-driver, driven by selenium): no
-console errors, every figure decoded and drawn, the methods table present; a screenshot is written."""
+"""report.html of ``bouquet report`` and of ``bouquet compare`` in a real headless Chromium (Debian's chromium +
+chromium-driver, driven by selenium): no console errors, every figure decoded and drawn, the methods table present;
+a screenshot is written."""
 
 import shutil
 from pathlib import Path
@@ -26,11 +27,17 @@ RAW = {
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("browser")
     run_experiment(parse_experiment(RAW), base / "run", progress=False)
-    assert main(["report", str(base / "run"), "--out", str(base / "report")]) == 0
-    return base / "report" / "report.html"
+    return base / "run"
+
+
+@pytest.fixture(params=["report", "compare"])
+def report(request, run_dir) -> Path:
+    out = run_dir.parent / request.param
+    assert main([request.param, str(run_dir), "--out", str(out)]) == 0
+    return out / "report.html"
 
 
 def test_report_html_renders_in_headless_chromium(report):

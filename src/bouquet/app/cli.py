@@ -2,7 +2,9 @@
 
 ``bouquet run --resume RUN_DIR`` continues an interrupted run from its checkpoints; ``bouquet report
 RUN_DIR [RUN_DIR ...] [--out DIR]`` writes figures, report.md and report.html from run directories;
-``bouquet config-reference`` prints every config key with its type, default and meaning.
+``bouquet compare RUN_DIR [RUN_DIR ...]`` groups runs by method and seed into one comparison report;
+``bouquet sweep CONFIG --grid key=v1,v2`` runs a grid and compares it; ``bouquet config-reference`` prints
+every config key with its type, default and meaning.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from ..data.federated import DataError
 from ..engine.checkpoint import RunInterrupted
 from ..files import atomic_write_bytes
 from .bench.cli import add_bench_parser, cmd_bench
+from .compare import write_compare
 from .config import load_experiment
 from .config_reference import render_markdown
 from .report import results_table
 from .report_html import write_report
 from .rundir import parse_allowed
 from .runner import resume_experiment, run_experiment
+from .sweep import sweep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,6 +56,21 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="figures, report.md and report.html from run directories")
     rep.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directories written by 'bouquet run'")
     rep.add_argument("--out", help="report directory (default: RUN_DIR/report of the first RUN_DIR)")
+    cmp = sub.add_parser("compare", help="one comparison report over runs, grouped by method and seed")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories, or a directory of them "
+                     "(a sweep's --out)")
+    cmp.add_argument("--out", help="report directory (default: RUN_DIR/compare of the first RUN_DIR)")
+    sw = sub.add_parser("sweep", help="run a grid of configs x algorithms x seeds, then compare them")
+    sw.add_argument("config", help="experiment TOML file (see configs/)")
+    sw.add_argument("--algorithms", help="comma-separated algorithms (default: the config's list)")
+    sw.add_argument("--seeds", help="comma-separated seeds (default: run.seeds)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config value at every grid point (repeatable)")
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                    help="sweep a config key over comma-separated values (repeatable: the grid is their product)")
+    sw.add_argument("--out", help="sweep directory: one run directory per grid point and compare/ "
+                    "(default: runs/<name>-sweep-<time>)")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     ref = sub.add_parser("config-reference", help="every config key with its type, default and meaning (Markdown)")
     ref.add_argument("--out", metavar="FILE", help="write it to FILE (e.g. docs/config.md) instead of printing it")
     add_bench_parser(sub)
@@ -96,6 +115,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    path = write_compare(args.run_dirs, args.out)
+    print(f"report: {path}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()] if args.algorithms else None
+    seeds = None
+    if args.seeds:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds: expected comma-separated integers, got {args.seeds!r}") from None
+    if args.out:
+        out = Path(args.out)
+    else:
+        name = load_experiment(args.config, args.overrides).name
+        out = Path("runs") / f"{name}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = sweep(args.config, out, algorithms, seeds, args.overrides, args.grid, progress=not args.no_progress)
+    print(f"run directories: {out}")
+    print(f"report: {path}")
+    return 0
+
+
 def _cmd_config_reference(args: argparse.Namespace) -> int:
     text = render_markdown()
     if args.out:
@@ -122,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_bench(args)
         if args.command == "report":
             return _cmd_report(args)
+        if args.command == "sweep":
+            return _cmd_sweep(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
         if args.command == "config-reference":
             return _cmd_config_reference(args)
         return _cmd_algorithms(args)

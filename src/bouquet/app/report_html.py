@@ -18,7 +18,11 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f3f3}figure{margi
 img{max-width:100%;height:auto;border:1px solid #eee}figcaption{color:#555;font-size:90%}"""
 
 
-def _tables(runs: list[Run]) -> list[tuple[str, list[str], list[list[str]], str]]:
+#: one table of a page: its title, header, rows and the note under it
+Table = tuple[str, list[str], list[list[str]], str]
+
+
+def _tables(runs: list[Run]) -> list[Table]:
     """Per run: its title, the table header, rows and note."""
     out = []
     for run in runs:
@@ -32,9 +36,19 @@ def _tables(runs: list[Run]) -> list[tuple[str, list[str], list[list[str]], str]
 
 def render_markdown(runs: list[Run], figures: list[FigureFile]) -> str:
     """report.md: a results table per run, then each figure (linked PNG) with its caption."""
-    lines = ["# bouquet report", ""]
-    for title, header, rows, note in _tables(runs):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return markdown_page("bouquet report", _tables(runs), figures)
+
+
+def render_html(runs: list[Run], figures: list[FigureFile]) -> str:
+    """report.html: the same content, every figure embedded as a base64 PNG (no other file needed)."""
+    return html_page("bouquet report", _tables(runs), figures)
+
+
+def markdown_page(title: str, tables: list[Table], figures: list[FigureFile]) -> str:
+    """A Markdown page: each table under its title, then each figure (linked PNG) with its caption."""
+    lines = [f"# {title}", ""]
+    for heading, header, rows, note in tables:
+        lines += [f"## {heading}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines += ["", note, ""]
     lines += ["## Figures", ""]
@@ -43,13 +57,13 @@ def render_markdown(runs: list[Run], figures: list[FigureFile]) -> str:
     return "\n".join(lines)
 
 
-def render_html(runs: list[Run], figures: list[FigureFile]) -> str:
-    """report.html: the same content, every figure embedded as a base64 PNG (no other file needed)."""
+def html_page(title: str, tables: list[Table], figures: list[FigureFile]) -> str:
+    """A self-contained HTML page: the tables, then every figure embedded as a base64 PNG."""
     e = html.escape
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             "<title>bouquet report</title>", f"<style>{_CSS}</style></head><body>", "<h1>bouquet report</h1>"]
-    for title, header, rows, note in _tables(runs):
-        parts.append(f"<h2>{e(title)}</h2>")
+             f"<title>{e(title)}</title>", f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}</h1>"]
+    for heading, header, rows, note in tables:
+        parts.append(f"<h2>{e(heading)}</h2>")
         parts.append('<table class="results"><thead><tr>' + "".join(f"<th>{e(h)}</th>" for h in header)
                      + "</tr></thead><tbody>")
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows]
@@ -61,6 +75,13 @@ def render_html(runs: list[Run], figures: list[FigureFile]) -> str:
                      f'src="data:image/png;base64,{data}"><figcaption>{e(f.caption)}</figcaption></figure>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def write_pages(out_dir: Path, title: str, tables: list[Table], figures: list[FigureFile]) -> Path:
+    """Write report.md and report.html under ``out_dir`` (atomically); return report.html's path."""
+    atomic_write_bytes(out_dir / "report.md", markdown_page(title, tables, figures).encode())
+    atomic_write_bytes(out_dir / "report.html", html_page(title, tables, figures).encode())
+    return out_dir / "report.html"
 
 
 def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
@@ -77,7 +98,4 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     out_dir = Path(out) if out is not None else runs[0].path / "report"
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: exists and is not a directory")
-    figures = write_figures(ms, out_dir)
-    atomic_write_bytes(out_dir / "report.md", render_markdown(runs, figures).encode())
-    atomic_write_bytes(out_dir / "report.html", render_html(runs, figures).encode())
-    return out_dir / "report.html"
+    return write_pages(out_dir, "bouquet report", _tables(runs), write_figures(ms, out_dir))
