@@ -51,14 +51,14 @@ def test_report_writes_figures_markdown_and_html(run_dir, tmp_path, capsys):
         assert (out / f"{stem}.png").read_bytes().startswith(PNG)
         assert b"<svg" in (out / f"{stem}.svg").read_bytes()[:2000]
     routers = sorted(p.name for p in out.glob("router_*.png"))
-    assert routers == ["router_0_floral.png"]  # fedavg has no router
+    assert routers == ["router_0_floral.png", "router_ari_vs_round.png"]  # fedavg has no router
     md = (out / "report.md").read_text()
     for link in re.findall(r"\]\(([^)]+)\)", md):
         assert (out / link).stat().st_size > 1000, link
     assert "| fedavg |" in md and "| floral |" in md
     page = (out / "report.html").read_text()
     images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([^"]+)">', page)
-    assert len(images) == 5 and all(base64.b64decode(i).startswith(PNG) for i in images)
+    assert len(images) == 6 and all(base64.b64decode(i).startswith(PNG) for i in images)
     assert 'src="' not in page.replace('src="data:image/png;base64,', "")  # self-contained: nothing linked
     table = re.search(r'<table class="results">(.*?)</table>', page, re.S).group(1)
     assert table.count("<tr>") == 3 and "router ARI" in table and "MB/round" in table and "overhead" in table
@@ -145,3 +145,13 @@ def test_report_without_matplotlib_is_one_line_error(run_dir, tmp_path, monkeypa
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err == ("bouquet: error: report: needs matplotlib; install it with: "
                                        "pip install 'bouquet[plot]'\n")
+
+
+def test_router_ari_is_followed_by_round(run_dir):
+    """Evaluation records of routed methods carry the router ARI; the report plots it against round."""
+    recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    floral = [r["eval"]["router_ari"] for r in recs if r["algorithm"] == "floral" and "eval" in r]
+    assert len(floral) == 4 and all(-1.0 <= a <= 1.0 for a in floral)  # 2 evaluations x 2 seeds
+    assert not any("router_ari" in r["eval"] for r in recs if r["algorithm"] == "fedavg" and "eval" in r)
+    ms = {m.name: m for m in methods([load_run(run_dir)])}
+    assert sorted(ms["floral"].ari) == [0, 1] and not ms["fedavg"].ari

@@ -41,6 +41,8 @@ class Method:
     final_clients: dict[int, list[float]] = field(default_factory=dict)
     #: seed -> each client's routed choice (argmax adaptor), for routed methods
     router: dict[int, list[int]] = field(default_factory=dict)
+    #: seed -> [(round, 0, router ARI)] at evaluation rounds, for routed methods (the curves' layout)
+    ari: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
 
     @property
     def num_clusters(self) -> int:
@@ -122,6 +124,8 @@ def methods(runs: list[Run]) -> list[Method]:
                 m.curves.setdefault(int(r["seed"]), []).append((int(r["round"]), mb, float(ev["mean"])))
                 if ev.get("per_client"):
                     m.final_clients[int(r["seed"])] = [float(v) for v in ev["per_client"]]
+                if ev.get("router_ari") is not None:
+                    m.ari.setdefault(int(r["seed"]), []).append((int(r["round"]), 0.0, float(ev["router_ari"])))
             for s in res.get("per_seed", []):
                 choice = (s.get("extra") or {}).get("router_clusters")
                 if isinstance(choice, list) and choice:

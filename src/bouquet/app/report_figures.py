@@ -78,6 +78,23 @@ def _curve(ms: list[Method], metric: str, x_mb: bool) -> Figure:
     return fig
 
 
+def _ari(ms: list[Method]) -> Figure:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for m in ms:
+        rounds, _, means, stds = mean_band(m.ari)
+        (line,) = ax.plot(rounds, means, marker="o", markersize=3, label=m.label)
+        ax.fill_between(rounds, [a - b for a, b in zip(means, stds, strict=True)],
+                        [a + b for a, b in zip(means, stds, strict=True)], color=line.get_color(), alpha=0.2,
+                        linewidth=0)
+    ax.set_xlabel("round")
+    ax.set_ylabel("router ARI")
+    ax.set_ylim(-0.1, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 def _per_client(ms: list[Method], metric: str) -> Figure:
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(ms) + 2), 4.2))
     k = _scale(metric)
@@ -173,6 +190,11 @@ def write_figures(ms: list[Method], out: str | Path) -> list[FigureFile]:
             add(f"{metric}_per_cluster", f"Final {name} per true cluster",
                 "Example-weighted mean over each true cluster's clients, mean over seeds.",
                 _per_cluster(with_clusters, metric))
+    with_ari = [m for m in ms if m.ari]
+    if with_ari:
+        add("router_ari_vs_round", "Router ARI against round",
+            "Adjusted Rand index of each client's argmax adaptor against the true clusters, at every evaluation; "
+            "line: mean over seeds, band: ± one std over seeds.", _ari(with_ari))
     for i, m in enumerate(x for x in ms if x.router):
         safe = "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in m.label)
         add(f"router_{i}_{safe}", f"Router choices of {m.label}",

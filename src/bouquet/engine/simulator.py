@@ -139,8 +139,14 @@ class Simulator:
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     def evaluate(self, state: RunState) -> dict:
-        """Mean, spread, per-cluster and per-client scores of every client's personalized model."""
-        return summarize(self.client_scores(state), self.clusters)
+        """Mean, spread, per-cluster and per-client scores of every client's personalized model, and for
+        routed algorithms the router ARI against the true clusters (a report figure follows it by round)."""
+        ev = summarize(self.client_scores(state), self.clusters)
+        if self.alg.report is not None:
+            extra = self.alg.report(state.server, state.clients, self.clusters)
+            if "router_ari" in extra:
+                ev["router_ari"] = extra["router_ari"]
+        return ev
 
 
 def _row(d: dict, k: int) -> dict:
