@@ -15,8 +15,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from ..files import WriteError
 
 
 class MetricsFile:
@@ -24,8 +28,9 @@ class MetricsFile:
 
     def __init__(self, path: str | Path, resume: bool = False):
         self.path = Path(path)
-        self._old = self.path.read_bytes() if resume and self.path.is_file() else b""
-        self._file = open(self.path, "r+b" if resume and self.path.is_file() else "wb")  # noqa: SIM115 (closed in close)
+        with self._io():
+            self._old = self.path.read_bytes() if resume and self.path.is_file() else b""
+            self._file = open(self.path, "r+b" if resume and self.path.is_file() else "wb")  # noqa: SIM115 (close)
         self._valid = len(self._old)  # bytes at the start of the file that still equal self._old
         self.pos = 0  # end of the segments placed so far
         self._seg_start, self._seg_lines, self._hash = 0, 0, hashlib.sha256()
@@ -53,19 +58,21 @@ class MetricsFile:
 
     def place(self, data: bytes) -> None:
         """Make ``data`` (a located segment) the next segment, at the current position; it becomes the current one."""
-        end = self.pos + len(data)
-        if not (end <= self._valid and self._old[self.pos:end] == data):  # not already in place: write it there
-            self._cut()
-            self._file.write(data)
-            self._file.flush()
-        self._seg_start, self._seg_lines, self._hash = self.pos, data.count(b"\n"), hashlib.sha256(data)
-        self.pos = end
+        with self._io():
+            end = self.pos + len(data)
+            if not (end <= self._valid and self._old[self.pos:end] == data):  # not already in place: write it there
+                self._cut()
+                self._file.write(data)
+                self._file.flush()
+            self._seg_start, self._seg_lines, self._hash = self.pos, data.count(b"\n"), hashlib.sha256(data)
+            self.pos = end
 
     def open_segment(self, continued: bool = False) -> None:
         """Start appending at the current position: a new segment, or (``continued``) more lines of the placed one."""
-        if not continued:
-            self._seg_start, self._seg_lines, self._hash = self.pos, 0, hashlib.sha256()
-        self._cut()
+        with self._io():
+            if not continued:
+                self._seg_start, self._seg_lines, self._hash = self.pos, 0, hashlib.sha256()
+            self._cut()
 
     def _size(self) -> int:
         return self.pos - self._seg_start
@@ -80,12 +87,13 @@ class MetricsFile:
     # -- appending ------------------------------------------------------------------------------------
     def append(self, record: dict) -> None:
         """Add one record as a line, flushed to the operating system."""
-        line = (json.dumps(record) + "\n").encode()
-        self._file.write(line)
-        self._file.flush()
-        self._hash.update(line)
-        self._seg_lines += 1
-        self.pos += len(line)
+        with self._io():
+            line = (json.dumps(record) + "\n").encode()
+            self._file.write(line)
+            self._file.flush()
+            self._hash.update(line)
+            self._seg_lines += 1
+            self.pos += len(line)
 
     def mark(self) -> dict[str, Any]:
         """The current segment's record for a checkpoint (start, lines, bytes, SHA-256); ``sync`` before saving it."""
@@ -94,15 +102,33 @@ class MetricsFile:
 
     def sync(self) -> None:
         """Fsync what was appended (the checkpoint writer calls it before it writes a checkpoint)."""
-        os.fsync(self._file.fileno())
+        with self._io():
+            os.fsync(self._file.fileno())
 
     def finish(self) -> None:
         """Every run is placed or written: cut whatever follows the last segment."""
-        self._cut()
+        with self._io():
+            self._cut()
 
-    def close(self) -> None:
-        """Flush, fsync and close (idempotent); nothing is cut, so an error leaves the file as it was."""
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+    def close(self, quiet: bool = False) -> None:
+        """Flush, fsync and close (idempotent); nothing is cut. ``quiet``: ignore errors (another one is raised)."""
+        if self._file.closed:
+            return
+        try:
+            with self._io():
+                try:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+                finally:
+                    self._file.close()
+        except WriteError:
+            if not quiet:
+                raise
+
+    @contextmanager
+    def _io(self) -> Iterator[None]:
+        """An OSError while reading or writing the file becomes a WriteError naming it."""
+        try:
+            yield
+        except OSError as err:
+            raise WriteError(self.path, err) from None

@@ -30,7 +30,7 @@ from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
-from ..files import DirLock, LockHeld, atomic_write_json, atomic_write_toml
+from ..files import DirLock, LockHeld, WriteError, atomic_write_json, atomic_write_toml, os_error_reason
 from .config import Experiment, load_experiment, require_distinct, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
 from .metrics_file import MetricsFile
@@ -132,8 +132,11 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
-    out.mkdir(parents=True, exist_ok=True)
-    with _locked(out, "--resume" if resume else "--out"):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the run directory ({os_error_reason(err, out)})") from None
+    with _locked(out, "--resume" if resume else "--out"), _write_errors(out):
         if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
             from .flower_run import run as run_flower  # needs the optional flwr package
 
@@ -146,6 +149,16 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
 
 
 @contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """A file of the run that cannot be written (disk full, read-only, ...) is a ConfigError naming it."""
+    try:
+        yield
+    except WriteError as err:
+        raise ConfigError(f"{err}; what was written before (checkpoints, metrics.jsonl, summary.json) is intact: "
+                          f"fix this, then continue with: bouquet run --resume {out}") from None
+
+
+@contextmanager
 def _locked(out: Path, option: str) -> Iterator[None]:
     """Hold ``out``'s DirLock: one writer per run directory; another holder is a ConfigError naming its PID."""
     try:
@@ -155,7 +168,7 @@ def _locked(out: Path, option: str) -> Iterator[None]:
         raise ConfigError(f"{option} {out}: in use by another bouquet run ({holder}, lock file {err.path}); wait "
                           f"for it to end or choose another directory") from None
     except OSError as err:
-        raise ConfigError(f"{option} {out}: cannot lock the run directory ({err.strerror or err})") from None
+        raise ConfigError(f"{option} {out}: cannot lock the run directory ({os_error_reason(err, out)})") from None
     try:
         yield
     finally:
@@ -183,9 +196,10 @@ def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_c
                 summary["algorithms"][name] = aggregate_seeds(runs)
                 atomic_write_json(out / "summary.json", summary)
         metrics.finish()
+        metrics.close()
     finally:
         ckpts.close()
-        metrics.close()
+        metrics.close(quiet=True)  # after an error (raised already): close what can be closed
     return summary
 
 
@@ -245,7 +259,7 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
                           f"run.engine = {exp.run.engine!r}")
     exp = _with_algorithms(exp, exp.algorithms)
     _check_device(exp)
-    with _locked(run_dir, "--resume"):
+    with _locked(run_dir, "--resume"), _write_errors(run_dir):
         CheckpointDir(run_dir / "checkpoints").remove_temporaries()
         CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
         if not CheckpointDir(run_dir / "checkpoints").any():  # nothing computed yet: nothing to mix either
