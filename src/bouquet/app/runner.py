@@ -6,7 +6,8 @@ Layout of a run directory::
     fingerprint.json SHA-256 of the resolved experiment and the package version (app/rundir.py), also in
                      every checkpoint: --resume refuses an edited config.toml
     metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
-                     rounds the mean/std/per-cluster/per-client scores
+                     rounds the mean/std/per-cluster/per-client scores; appended as rounds end, each
+                     checkpoint records its run's segment of it (app/metrics_file.py)
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
     checkpoints/     <algorithm>-seed<seed>-r<round>.ckpt, the last two per run (see engine/checkpoint.py)
 """

@@ -5,7 +5,8 @@ plain containers of tensors and Python scalars (loaded back with ``weights_only=
 checkpoint is data, never code). It is written to a temporary file, fsynced and renamed, so a
 crash leaves the old file or the new one, never half of one. The last ``keep`` checkpoints of
 each (algorithm, seed) are kept: when the newest fails its checksum, the one before is used, with
-a warning.
+a warning. ``CheckpointDir(background=True)`` serializes at ``save`` and writes in one writer thread, so
+that the run does not wait for the disk (fsyncs) between checkpoints.
 """
 
 from __future__ import annotations
