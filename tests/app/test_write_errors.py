@@ -51,6 +51,12 @@ def test_out_under_proc(capsys) -> None:
     assert "/proc does not allow creating files or directories in it" in line
 
 
+def test_out_with_a_name_too_long(tmp_path: Path, capsys) -> None:
+    out = tmp_path / ("x" * 300)
+    line = _one_line(capsys, main(["run", CONFIG, *SETS, "--out", str(out)]))
+    assert line == f"bouquet: error: --out {out}: cannot create the run directory (File name too long)"
+
+
 def test_out_on_a_read_only_file_system(tmp_path: Path, capsys, monkeypatch) -> None:
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
