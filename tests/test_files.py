@@ -59,3 +59,25 @@ def test_dir_lock_is_exclusive_and_released(tmp_path: Path) -> None:
         lock.release()  # idempotent
         assert not (tmp_path / ".lock").exists()
         DirLock(tmp_path).acquire().release()
+
+
+def test_a_failed_atomic_write_names_the_path_and_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from bouquet.files import WriteError
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError) as err:
+        atomic_write_bytes(tmp_path / "file" / "a.json", b"{}")
+    assert str(err.value) == (f"{tmp_path}/file/a.json: cannot write (File exists: {tmp_path}/file is a file, "
+                              f"not a directory)")
+    atomic_write_bytes(tmp_path / "a.json", b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr("bouquet.files.os.fsync", full)
+    with pytest.raises(WriteError, match=r"a\.json: cannot write \(No space left on device: the disk is full\)"):
+        atomic_write_bytes(tmp_path / "a.json", b"new")
+    monkeypatch.undo()
+    assert (tmp_path / "a.json").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "file"]  # no temporary file left

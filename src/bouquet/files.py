@@ -5,6 +5,7 @@ New files get the mode the user's umask gives (``0o666 & ~umask``, like ``open()
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -29,9 +30,48 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
+class WriteError(OSError):
+    """Writing (or creating) ``path`` failed; ``str()`` is one line naming the path and the cause."""
+
+    def __init__(self, path: str | Path, err: OSError):
+        super().__init__(err.errno, err.strerror)
+        self.path, self.reason = Path(path), os_error_reason(err, path)
+
+    def __str__(self) -> str:
+        return f"{self.path}: cannot write ({self.reason})"
+
+
+def os_error_reason(err: OSError, path: str | Path) -> str:
+    """What an OSError at ``path`` means, in words: the system's message, and which file is in the way."""
     path = Path(path)
+    text = err.strerror or str(err)
+    if err.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{text}: {blocker} is a file, not a directory"
+    if err.errno == errno.ENOENT and path.parent.is_dir():
+        return f"{text}: {path.parent} does not allow creating files or directories in it"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text}: the disk is full"
+    if err.errno == errno.EROFS:
+        return f"{text}: {path} is on a read-only file system"
+    return text
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over ``path``.
+
+    Any OSError becomes a WriteError naming ``path`` (the old file, if any, is left as it was).
+    """
+    try:
+        _atomic_write_bytes(Path(path), data)
+    except WriteError:
+        raise
+    except OSError as err:
+        raise WriteError(path, err) from None
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

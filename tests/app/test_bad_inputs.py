@@ -232,6 +232,19 @@ CASES: list[Case] = [
      "--algorithms: 'fedavg' given twice; expected distinct algorithms"),
     ("repeated algorithm in config", lambda t: ["run", _config(t, BASE.replace('["fedavg"]', '["fedavg", "fedavg"]'))],
      "algorithms: 'fedavg' given twice"),
+    # splits that leave a client without test rows, models that do not fit the input
+    ("no test rows", lambda t: ["run", _config(t), "--set", "data.test_fraction=0"],
+     "data.test_fraction: 0 leaves 4 of 4 clients (0, 1, 2, 3) without a test row (a client of 8 rows gets "
+     "floor(8 x 0) = 0); expected at least 0.125 for this data, or data.test_per_client >= 1"),
+    ("test fraction too small for a client", lambda t: ["run", _config(t), "--set", 'data.name="digits"', "--set",
+                                                        "data.test_fraction=0.001"],
+     "data.test_fraction: 0.001 leaves 4 of 4 clients (0, 1, 2, 3) without a test row"),
+    ("zero test rows per client", lambda t: ["run", _config(t), "--set", "data.test_per_client=0"],
+     "data.test_per_client: expected None or an integer >= 1 (every client needs a test row), got 0"),
+    ("CNN on images too small for it", lambda t: ["run", _config(t), "--set", 'data.name="digits"', "--set",
+                                                  'model.name="cifar_cnn"'],
+     "model.name: 'cifar_cnn' cannot be built for 'digits': model 'cifar_cnn' needs images of at least 14x14 "
+     "pixels (conv5x5, pool2, conv3x3, pool3), got input shape (1, 8, 8)"),
     # run names (they name the folder runs/<name>-<time>)
     # run directories
     ("--resume of an edited config.toml", _edited_run_dir,
@@ -274,6 +287,57 @@ def test_nan_features_are_rejected_by_the_dataset_check() -> None:
     data.clients[2].x_train[0, 0] = float("nan")
     with pytest.raises(DataError, match="NaN or Inf features"):
         data.check()
+
+
+def test_the_simulator_checks_a_hand_built_dataset() -> None:
+    """A dataset built by hand (labels beyond num_outputs, a client without test rows) fails at construction."""
+    import dataclasses
+
+    from bouquet.app.experiment import build_algorithm
+    from bouquet.data import DataError, DataSpec, build_dataset
+    from bouquet.engine.simulator import Simulator
+
+    data = build_dataset(DataSpec(name="digits", num_clients=3))
+    c = data.clients[1]
+    bad = dataclasses.replace(data, clients=(data.clients[0], dataclasses.replace(c, y_train=c.y_train + 12),
+                                             data.clients[2]))
+    exp = _digits_exp()
+    alg, _ = build_algorithm(exp, data, "fedavg", 0)
+    with pytest.raises(DataError, match=r"client 1: y_train has labels outside \[0, 10\) \(label \d+; num_outputs"):
+        Simulator(alg, bad, exp.run.spec())
+    empty = dataclasses.replace(c, x_test=c.x_test[:0], y_test=c.y_test[:0], test_ids=c.test_ids[:0])
+    with pytest.raises(DataError, match="client 1 is without test rows; expected at least one per client"):
+        Simulator(alg, dataclasses.replace(data, clients=(data.clients[0], empty, data.clients[2])), exp.run.spec())
+
+
+def _digits_exp():
+    text = BASE.replace('name = "synthetic_linear"\nnum_clients = 4', 'name = "digits"\nnum_clients = 3')
+    return load_experiment_text(text)
+
+
+def load_experiment_text(text: str):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        return load_experiment(_config(Path(d), text))
+
+
+def test_a_model_that_does_not_fit_the_input_is_one_line() -> None:
+    """The forward check in the experiment factory: a RuntimeError of the first forward pass -> ConfigError."""
+    from torch import nn
+
+    from bouquet.app.experiment import check_forward
+    from bouquet.checks import ConfigError
+    from bouquet.data import DataSpec, build_dataset
+
+    exp = load_experiment_text(BASE)
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4))
+    with pytest.raises(ConfigError, match=r"model.name: 'linear' does not fit input shape \(10,\) of "
+                                          r"'synthetic_linear' \(a forward pass on one example failed: mat1"):
+        check_forward(exp, data, nn.Linear(3, 2))
+    with pytest.raises(ConfigError, match=r"gives outputs of shape \(7,\); expected \(3,\)"):
+        check_forward(exp, data, nn.Linear(10, 7))
+    check_forward(exp, data, nn.Linear(10, 3))
 
 
 def test_there_are_at_least_25_kinds() -> None:

@@ -180,3 +180,78 @@ def test_resume_errors(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("")
     with pytest.raises(ConfigError, match="data: missing required table"):
         resume_experiment(tmp_path)
+
+
+# -- metrics.jsonl: appended, tied to the checkpoints by segments --------------------------------
+
+def test_checkpoints_hold_state_not_history(tmp_path: Path) -> None:
+    sizes = {}
+    for rounds in (12, 120):
+        out = tmp_path / f"r{rounds}"
+        run_experiment(_exp(rounds=rounds, every=3), out, algorithms=["fedavg"], progress=False)
+        newest = CheckpointDir(out / "checkpoints").files("fedavg-seed0")[0]
+        snap = load_checkpoint(newest)
+        assert "records" not in snap and snap["metrics"]["lines"] == rounds
+        assert snap["metrics"]["bytes"] == (out / "metrics.jsonl").stat().st_size
+        sizes[rounds] = newest.stat().st_size
+    assert abs(sizes[120] - sizes[12]) < 1000, sizes  # the same state: 10x the rounds, not 10x the bytes
+
+
+def test_resume_cuts_lines_written_after_the_checkpoint(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed_copy(reference, out, "fedavg-seed0", 9)  # metrics.jsonl holds all 24 lines, the checkpoint 9
+    with (out / "metrics.jsonl").open("ab") as f:
+        f.write(b'{"algorithm": "loc')  # and half a line, as a process killed mid-append leaves it
+    resume_experiment(out, progress=False)
+    assert_same_run(out, reference)
+
+
+def test_lost_metrics_lines_void_the_checkpoints_that_need_them(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed_copy(reference, out, "local-seed0", 9)
+    lines = (out / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "metrics.jsonl").write_bytes(b"".join(lines[:7]))  # fewer lines than fedavg's checkpoints (9, 12) hold
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resume_experiment(out, progress=False)
+    skipped = [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
+    assert any("fedavg-seed0-r0000012.ckpt: its records are missing from" in m for m in skipped), skipped
+    assert_same_run(out, reference)  # both runs computed again, to the same records
+
+
+def test_resume_reads_checkpoints_that_hold_their_records(tmp_path: Path, reference: Path) -> None:
+    out = tmp_path / "run"
+    _killed_copy(reference, out, "local-seed0", 9)
+    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    for path in (out / "checkpoints").glob("*.ckpt"):  # rewritten in the earlier format: records, no segment
+        snap = load_checkpoint(path)
+        tag = path.name.rsplit("-r", 1)[0]
+        snap["records"] = [r for r in records if f"{r['algorithm']}-seed{r['seed']}" == tag][:snap["round"]]
+        del snap["metrics"], snap["rejected"]
+        save_checkpoint(path, snap)
+    resume_experiment(out, progress=False)
+    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    assert _strip_wall(sa) == _strip_wall(sb)
+    assert (out / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()
+
+
+def test_background_writer_orders_writes_and_reports_its_errors(tmp_path: Path) -> None:
+    ck = CheckpointDir(tmp_path, background=True)
+    order: list[str] = []
+    state = {"x": torch.zeros(3)}
+    path = ck.save("t", 1, state, before=lambda: order.append("before"))
+    state["x"] += 1  # the run goes on changing its state: the checkpoint holds the state as it was saved
+    ck.wait()
+    assert order == ["before"] and torch.equal(load_checkpoint(path)["x"], torch.zeros(3))
+    for r in range(2, 6):
+        ck.save("t", r, {"round": r})  # each waits for the one before: one checkpoint in flight at most
+    ck.wait()
+    assert [p.name for p in ck.files("t")] == ["t-r0000005.ckpt", "t-r0000004.ckpt"]
+
+    def full() -> None:
+        raise OSError(28, "No space left on device")
+    ck.save("t", 6, {"round": 6}, before=full)
+    with pytest.raises(OSError, match="No space"):
+        ck.wait()
+    assert ck.latest("t")[0]["round"] == 5  # nothing lost
+    ck.close()

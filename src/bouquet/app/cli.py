@@ -12,13 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import DataError
 from ..engine.checkpoint import RunInterrupted
-from ..files import atomic_write_bytes
+from ..files import WriteError, atomic_write_bytes
 from .bench.cli import add_bench_parser, cmd_bench
 from .compare import write_compare
 from .config import load_experiment
@@ -156,9 +158,24 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
     return 0
 
 
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """The CLI's ``warnings.showwarning``: one line ``bouquet: warning: ...`` (foreign ones name category, place)."""
+    text = " ".join(str(message).split())
+    if not getattr(category, "__module__", "").startswith("bouquet"):
+        text = f"{category.__name__}: {text} ({filename}:{lineno})"
+    print(f"bouquet: warning: {text}", file=file or sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Parse arguments and run; configuration and data errors print one line and exit with status 2."""
+    """Parse arguments and run; configuration, data and file errors print one line and exit with status 2."""
     args = _parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = show_warning
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -173,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config-reference":
             return _cmd_config_reference(args)
         return _cmd_algorithms(args)
-    except (ConfigError, DataError) as err:
+    except (ConfigError, DataError, WriteError) as err:  # WriteError: a report or reference file not written
         print(f"bouquet: error: {err}", file=sys.stderr)
         return 2
     except RunInterrupted as err:  # Ctrl-C (130) or SIGTERM (143), after a checkpoint

@@ -48,7 +48,34 @@ def seeded_model(exp: Experiment, data: FederatedDataset, seed: int) -> nn.Modul
         model = build_model(exp.model.name, data.input_shape, data.num_outputs, **exp.model.options)
     except ValueError as err:
         raise ConfigError(f"model.name: {exp.model.name!r} cannot be built for {data.name!r}: {err}") from None
+    except RuntimeError as err:  # a layer the input is too small for, found while building
+        raise ConfigError(_mismatch(exp, data, err)) from None
+    check_forward(exp, data, model)
     return load_pretrained(model, exp, data) if exp.pretrain is not None else model
+
+
+def check_forward(exp: Experiment, data: FederatedDataset, model: nn.Module) -> None:
+    """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError."""
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *data.input_shape, dtype=dtype))
+    except RuntimeError as err:
+        raise ConfigError(_mismatch(exp, data, err)) from None
+    finally:
+        model.train(was_training)
+    if tuple(out.shape) != (1, data.num_outputs):
+        raise ConfigError(f"model.name: {exp.model.name!r} on input shape {tuple(data.input_shape)} of "
+                          f"{data.name!r} gives outputs of shape {tuple(out.shape[1:])}; expected "
+                          f"({data.num_outputs},) (data.num_outputs)")
+
+
+def _mismatch(exp: Experiment, data: FederatedDataset, err: RuntimeError) -> str:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    return (f"model.name: {exp.model.name!r} does not fit input shape {tuple(data.input_shape)} of {data.name!r} "
+            f"(a forward pass on one example failed: {first[:160]}); expected a model made for this input shape")
 
 
 def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Algorithm, int]:

@@ -6,7 +6,8 @@ Layout of a run directory::
     fingerprint.json SHA-256 of the resolved experiment and the package version (app/rundir.py), also in
                      every checkpoint: --resume refuses an edited config.toml
     metrics.jsonl    one line per (algorithm, seed, round): train loss, bytes, and at evaluation
-                     rounds the mean/std/per-cluster/per-client scores
+                     rounds the mean/std/per-cluster/per-client scores; appended as rounds end, each
+                     checkpoint records its run's segment of it (app/metrics_file.py)
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
     checkpoints/     <algorithm>-seed<seed>-r<round>.ckpt, the last two per run (see engine/checkpoint.py)
 """
@@ -30,9 +31,10 @@ from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
-from ..files import DirLock, LockHeld, atomic_write_json, atomic_write_toml, write_jsonl
+from ..files import DirLock, LockHeld, WriteError, atomic_write_json, atomic_write_toml, os_error_reason
 from .config import Experiment, load_experiment, require_distinct, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
+from .metrics_file import MetricsFile
 from .rundir import check_config, read_fingerprint, stamp, write_fingerprint
 
 
@@ -44,24 +46,25 @@ def simulator(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> 
 
 def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
             on_round: Callable[[dict], None] | None = None, checkpoints: CheckpointDir | None = None,
-            resume: dict | None = None, on_checkpoint: Callable[[list[dict]], None] | None = None,
-            stop: StopRequest | None = None) -> tuple[dict, list[dict]]:
+            resume: dict | None = None, stop: StopRequest | None = None,
+            metrics: MetricsFile | None = None) -> tuple[dict, list[dict]]:
     """One algorithm, one seed: returns its summary and its metric records.
 
     With ``checkpoints``, the run is saved every ``run.checkpoint_every`` rounds, at the end (marked
-    finished, with the summary) and when ``stop`` is requested (then RunInterrupted is raised);
-    ``on_checkpoint(records)`` follows each save. ``resume`` (a checkpoint) continues where it stopped:
-    the algorithm is rebuilt from its seed as usual, then every state and RNG is restored.
+    finished, with the summary) and when ``stop`` is requested (then RunInterrupted is raised).
+    ``resume`` (a checkpoint) continues where it stopped: the algorithm is rebuilt from its seed as usual,
+    then every state and RNG is restored. With ``metrics`` each record is appended to it (and the records
+    returned are empty); each checkpoint then records the segment of metrics.jsonl that belongs to it.
     """
     sim, base = simulator(exp, data, name, seed)
     state = sim.init_state()
     counts = param_counts(sim.alg, state, base)
-    log = RunLog(sim.metric)
+    log = RunLog(sim.metric, keep=metrics is None)
     wall_before = 0.0
     if resume is not None:
         known = {f.name for f in fields(RunState)}
         state = RunState(**{k: _to_device(v, sim.device) for k, v in resume["state"].items() if k in known})
-        log, wall_before = RunLog.restore(sim.metric, resume), resume["wall"]
+        log, wall_before = RunLog.restore(sim.metric, resume, keep=metrics is None), resume["wall"]
         set_rng_state(resume["rng"])
     tag = checkpoint_tag(name, seed)
     every = exp.run.checkpoint_every
@@ -70,13 +73,11 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     def save(result: dict | None = None) -> Path | None:
         if checkpoints is None:
             return None
-        snap = {"version": 2, "algorithm": name, "seed": seed, "round": state.round, "finished": result is not None,
+        snap = {"version": 3, "algorithm": name, "seed": seed, "round": state.round, "finished": result is not None,
                 "state": {f.name: getattr(state, f.name) for f in fields(state)}, "rng": rng_state(),
-                **log.snapshot(), "summary": result, "wall": wall_before + time.perf_counter() - start}
-        path = checkpoints.save(tag, state.round, snap)
-        if on_checkpoint:
-            on_checkpoint(log.records)
-        return path
+                **log.snapshot(), "metrics": metrics.mark() if metrics is not None else None,
+                "summary": result, "wall": wall_before + time.perf_counter() - start}
+        return checkpoints.save(tag, state.round, snap, before=metrics.sync if metrics is not None else None)
 
     while state.round < exp.run.rounds:
         state, rec = sim.run_round(state)
@@ -84,10 +85,14 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
         if exp.run.is_eval_round(state.round):
             rec["eval"] = {"metric": sim.metric, **sim.evaluate(state)}
         log.add(rec)
+        if metrics is not None:
+            metrics.append(rec)
         if on_round:
             on_round(rec)
         if stop is not None and stop.requested and state.round < exp.run.rounds:
             path = save()
+            if checkpoints is not None:
+                checkpoints.wait()
             where = f"checkpoint {path}" if path else "no checkpoint (checkpointing is off)"
             raise RunInterrupted(f"{stop.reason}: {name} seed {seed} stopped after round {state.round} of "
                                  f"{exp.run.rounds}; {where}", stop.exit_code)
@@ -97,6 +102,8 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     extra = sim.alg.report(state.server, state.clients, data.clusters) if sim.alg.report else {}
     result = summary(sim.alg, seed, log, state, counts, wall, sim.training_path, extra)
     save(result)
+    if checkpoints is not None:
+        checkpoints.wait()
     return result, log.records
 
 
@@ -126,8 +133,11 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     names = algorithms or exp.algorithms
     exp = _with_algorithms(exp, names)
     _check_device(exp)
-    out.mkdir(parents=True, exist_ok=True)
-    with _locked(out, "--resume" if resume else "--out"):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot create the run directory ({os_error_reason(err, out)})") from None
+    with _locked(out, "--resume" if resume else "--out"), _write_errors(out):
         if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
             from .flower_run import run as run_flower  # needs the optional flwr package
 
@@ -140,6 +150,16 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
 
 
 @contextmanager
+def _write_errors(out: Path) -> Iterator[None]:
+    """A file of the run that cannot be written (disk full, read-only, ...) is a ConfigError naming it."""
+    try:
+        yield
+    except WriteError as err:
+        raise ConfigError(f"{err}; what was written before (checkpoints, metrics.jsonl, summary.json) is intact: "
+                          f"fix this, then continue with: bouquet run --resume {out}") from None
+
+
+@contextmanager
 def _locked(out: Path, option: str) -> Iterator[None]:
     """Hold ``out``'s DirLock: one writer per run directory; another holder is a ConfigError naming its PID."""
     try:
@@ -149,7 +169,7 @@ def _locked(out: Path, option: str) -> Iterator[None]:
         raise ConfigError(f"{option} {out}: in use by another bouquet run ({holder}, lock file {err.path}); wait "
                           f"for it to end or choose another directory") from None
     except OSError as err:
-        raise ConfigError(f"{option} {out}: cannot lock the run directory ({err.strerror or err})") from None
+        raise ConfigError(f"{option} {out}: cannot lock the run directory ({os_error_reason(err, out)})") from None
     try:
         yield
     finally:
@@ -161,44 +181,54 @@ def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_c
     names = exp.algorithms
     current = resolved_dict(exp)
     record = stamp(current, allow_changes)
-    ckpts = CheckpointDir(out / "checkpoints", stamp=record)
+    ckpts = CheckpointDir(out / "checkpoints", stamp=record, background=True)
     if exp.run.threads:
         torch.set_num_threads(exp.run.threads)
     if not resume:
         atomic_write_toml(out / "config.toml", current)
     write_fingerprint(out, record)
-    all_records: list[dict] = []
     summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "algorithms": {}}
-    with StopRequest() as stop:
-        for name in names:
-            runs = []
-            for seed in exp.run.seeds:
-                found = ckpts.latest(checkpoint_tag(name, seed)) if resume else None
-                snap = _checked(found, current, record["accepted_changes"], exp.run.rounds)
-                if snap is not None and snap["finished"] and snap["round"] == exp.run.rounds:
-                    s, recs = snap["summary"], snap["records"]
-                else:
-                    data = dataset_for_seed(exp, seed)
-                    bar = _progress(exp, name, seed, snap["round"] if snap else 0) if progress else None
-                    done = list(all_records)
-                    try:
-                        s, recs = run_one(with_run(exp, seeds=[seed]), data, name, seed,
-                                          on_round=bar.update if bar else None, checkpoints=ckpts, resume=snap,
-                                          on_checkpoint=lambda r, done=done: write_jsonl(out / "metrics.jsonl",
-                                                                                         done + r),
-                                          stop=stop)
-                    except RunInterrupted as err:
-                        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}",
-                                             err.exit_code) from None
-                    finally:
-                        if bar:
-                            bar.close()
-                runs.append(s)
-                all_records += recs
-                write_jsonl(out / "metrics.jsonl", all_records)
-            summary["algorithms"][name] = aggregate_seeds(runs)
-            atomic_write_json(out / "summary.json", summary)
+    metrics = MetricsFile(out / "metrics.jsonl", resume)
+    try:
+        with StopRequest() as stop:
+            for name in names:
+                runs = [_run_seed(exp, out, name, seed, ckpts, metrics, stop, progress, resume, current, record)
+                        for seed in exp.run.seeds]
+                summary["algorithms"][name] = aggregate_seeds(runs)
+                atomic_write_json(out / "summary.json", summary)
+        metrics.finish()
+        metrics.close()
+    finally:
+        ckpts.close()
+        metrics.close(quiet=True)  # after an error (raised already): close what can be closed
     return summary
+
+
+def _run_seed(exp: Experiment, out: Path, name: str, seed: int, ckpts: CheckpointDir, metrics: MetricsFile,
+              stop: StopRequest, progress: bool, resume: bool, current: dict, record: dict) -> dict:
+    """One (algorithm, seed) of _run_local: taken from its final checkpoint, continued, or run; returns its summary.
+
+    Its records go to ``metrics`` as one segment: a checkpoint's segment is put in place (checked against
+    the checkpoint: a checkpoint whose records are missing is skipped), then the run appends the rest.
+    """
+    found = ckpts.latest(checkpoint_tag(name, seed), check=metrics.problem) if resume else None
+    snap = _checked(found, current, record["accepted_changes"], exp.run.rounds)
+    if snap is not None:
+        metrics.place(metrics.locate(snap))
+        if snap["finished"] and snap["round"] == exp.run.rounds:
+            return snap["summary"]
+    metrics.open_segment(continued=snap is not None)
+    data = dataset_for_seed(exp, seed)
+    bar = _progress(exp, name, seed, snap["round"] if snap else 0) if progress else None
+    try:
+        s, _ = run_one(with_run(exp, seeds=[seed]), data, name, seed, on_round=bar.update if bar else None,
+                       checkpoints=ckpts, resume=snap, stop=stop, metrics=metrics)
+    except RunInterrupted as err:
+        raise RunInterrupted(f"{err}; continue with: bouquet run --resume {out}", err.exit_code) from None
+    finally:
+        if bar:
+            bar.close()
+    return s
 
 
 def _checked(found: tuple[dict, Path] | None, current: dict, allowed: list[str], rounds: int) -> dict | None:
@@ -230,7 +260,7 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
                           f"run.engine = {exp.run.engine!r}")
     exp = _with_algorithms(exp, exp.algorithms)
     _check_device(exp)
-    with _locked(run_dir, "--resume"):
+    with _locked(run_dir, "--resume"), _write_errors(run_dir):
         CheckpointDir(run_dir / "checkpoints").remove_temporaries()
         CheckpointDir(run_dir).remove_temporaries()  # half-written metrics.jsonl / summary.json of a killed run
         if not CheckpointDir(run_dir / "checkpoints").any():  # nothing computed yet: nothing to mix either

@@ -28,8 +28,30 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
     else:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
     ds.meta["spec"] = dataclasses.asdict(spec)
+    _check_test_rows(spec, ds)
     ds.check()
     return ds
+
+
+def _check_test_rows(spec: DataSpec, ds: FederatedDataset) -> None:
+    """Every client needs a test row: name the option that left some without one (DataError)."""
+    sizes = ds.test_sizes()
+    empty = torch.nonzero(sizes == 0).flatten().tolist()
+    if not empty:
+        return
+    shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+    who = f"client {empty[0]}" if len(empty) == 1 else f"{len(empty)} of {ds.num_clients} clients ({shown})"
+    if ds.meta.get("official_test_split"):
+        raise DataError(f"data.num_clients: {who} get no row of the {spec.name} test split ({spec.partition} "
+                        f"partition of {int(sizes.sum())} test rows); expected every client to get at least one "
+                        f"(fewer clients, a larger data.alpha, or data.partition = 'iid')")
+    n = min(int(ds.clients[k].num_train) for k in empty)
+    if n < 2:
+        raise DataError(f"data.num_clients: {who} get a single row, which cannot be both a training and a test "
+                        f"row; expected fewer clients than {ds.num_clients} for {spec.name}")
+    raise DataError(f"data.test_fraction: {spec.test_fraction} leaves {who} without a test row (a client of "
+                    f"{n} rows gets floor({n} x {spec.test_fraction}) = 0); expected at least {1 / max(n, 1):.3g} "
+                    f"for this data, or data.test_per_client >= 1")
 
 
 def cluster_groups(spec: DataSpec, num_classes: int) -> list[tuple[list[int], np.ndarray | None]]:

@@ -66,11 +66,14 @@ class FederatedDataset:
         return torch.tensor([c.num_test for c in self.clients], dtype=torch.long)
 
     def check(self) -> None:
-        """Validate shapes, dtypes, finiteness, label range and train/test disjointness; raise DataError."""
+        """Validate shapes, dtypes, finiteness, label range, split sizes and train/test disjointness; raise DataError.
+
+        Vectorised over clients (one pass over concatenated labels and ids, features checked in chunks), so that
+        it stays cheap for 10,000 clients; the message names the first offending client.
+        """
         if not self.clients:
             raise DataError(f"dataset {self.name!r}: no clients")
-        seen_train: set[int] = set()
-        for k, c in enumerate(self.clients):
+        for k, c in enumerate(self.clients):  # metadata only: no pass over the data
             where = f"dataset {self.name!r}, client {k}"
             for split, x, y, ids in (("train", c.x_train, c.y_train, c.train_ids),
                                      ("test", c.x_test, c.y_test, c.test_ids)):
@@ -79,22 +82,63 @@ class FederatedDataset:
                                     f"expected [n, {', '.join(map(str, self.input_shape))}]")
                 if x.shape[0] != y.shape[0] or x.shape[0] != ids.shape[0]:
                     raise DataError(f"{where}: x_{split}, y_{split} and {split}_ids differ in length")
-                if not torch.isfinite(x).all():
-                    raise DataError(f"{where}: x_{split} has NaN or Inf features")
-                if self.objective == "classification":
-                    if y.dtype != torch.long:
-                        raise DataError(f"{where}: y_{split} must be int64 class labels, got {y.dtype}")
-                    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_outputs):
-                        raise DataError(f"{where}: y_{split} has labels outside [0, {self.num_outputs})")
-                elif not torch.isfinite(y).all():
-                    raise DataError(f"{where}: y_{split} has NaN or Inf targets")
-            if c.num_train == 0:
-                raise DataError(f"{where}: no training examples")
-            train_ids = set(c.train_ids.tolist())
-            if train_ids & set(c.test_ids.tolist()):
-                raise DataError(f"{where}: train and test splits share rows (ids overlap)")
-            seen_train |= train_ids
-        seen_test = set(torch.cat([c.test_ids for c in self.clients]).tolist())
-        if seen_train & seen_test:
-            raise DataError(f"dataset {self.name!r}: a test row of one client is a training row of another "
-                            "(train and test ids overlap across clients)")
+                if self.objective == "classification" and y.dtype != torch.long:
+                    raise DataError(f"{where}: y_{split} must be int64 class labels, got {y.dtype}")
+        for what, sizes in (("training examples", self.train_sizes()), ("test rows", self.test_sizes())):
+            empty = torch.nonzero(sizes == 0).flatten().tolist()
+            if empty:
+                raise DataError(f"dataset {self.name!r}: {_clients(empty)} without {what}; expected at least one "
+                                f"per client")
+        for split in ("train", "test"):
+            self._check_values(split)
+        self._check_disjoint()
+
+    def _check_values(self, split: str) -> None:
+        """Finite features (in chunks of clients), labels in range or finite targets, for one split."""
+        xs = [getattr(c, f"x_{split}") for c in self.clients]
+        start, budget = 0, 1 << 24  # elements per chunk
+        while start < len(xs):
+            stop, n = start, 0
+            while stop < len(xs) and (stop == start or n + xs[stop].numel() <= budget):
+                n += xs[stop].numel()
+                stop += 1
+            if not torch.isfinite(torch.cat([x.flatten() for x in xs[start:stop]])).all():
+                k = next(i for i in range(start, stop) if not torch.isfinite(xs[i]).all())
+                raise DataError(f"dataset {self.name!r}, client {k}: x_{split} has NaN or Inf features")
+            start = stop
+        y = torch.cat([getattr(c, f"y_{split}") for c in self.clients])
+        owner = torch.repeat_interleave(torch.arange(self.num_clients), torch.tensor([len(x) for x in xs]))
+        if self.objective == "classification":
+            bad = (y < 0) | (y >= self.num_outputs)
+            if bad.any():
+                i = int(torch.nonzero(bad)[0])
+                raise DataError(f"dataset {self.name!r}, client {int(owner[i])}: y_{split} has labels outside "
+                                f"[0, {self.num_outputs}) (label {int(y[i])}; num_outputs is {self.num_outputs})")
+        else:
+            bad = ~torch.isfinite(y.reshape(len(y), -1)).all(dim=1)
+            if bad.any():
+                raise DataError(f"dataset {self.name!r}, client {int(owner[torch.nonzero(bad)[0]])}: y_{split} "
+                                f"has NaN or Inf targets")
+
+    def _check_disjoint(self) -> None:
+        """No test row of any client is a training row (of the same client or of another)."""
+        train = torch.cat([c.train_ids for c in self.clients])
+        test = torch.cat([c.test_ids for c in self.clients])
+        leak = torch.isin(test, train)
+        if not leak.any():
+            return
+        sizes = self.test_sizes()
+        i = int(torch.nonzero(leak)[0])
+        k = int(torch.searchsorted(torch.cumsum(sizes, 0), torch.tensor(i), right=True))
+        if bool(torch.isin(test[i], self.clients[k].train_ids)):
+            raise DataError(f"dataset {self.name!r}, client {k}: train and test splits share rows (ids overlap)")
+        raise DataError(f"dataset {self.name!r}: a test row of one client is a training row of another "
+                        "(train and test ids overlap across clients)")
+
+
+def _clients(ids: list[int]) -> str:
+    """``client 3`` or ``3 clients (0, 1, 2, ...)`` for messages."""
+    if len(ids) == 1:
+        return f"client {ids[0]} is"
+    shown = ", ".join(map(str, ids[:10])) + (", ..." if len(ids) > 10 else "")
+    return f"{len(ids)} clients ({shown}) are"

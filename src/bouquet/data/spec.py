@@ -109,8 +109,8 @@ def _validate(s: DataSpec) -> None:
         raise _fail("test_fraction", "a number in [0, 1)", s.test_fraction)
     if s.train_per_client is not None and (not _is_int(s.train_per_client) or s.train_per_client < 1):
         raise _fail("train_per_client", "None or an integer >= 1", s.train_per_client)
-    if s.test_per_client is not None and (not _is_int(s.test_per_client) or s.test_per_client < 0):
-        raise _fail("test_per_client", "None or an integer >= 0", s.test_per_client)
+    if s.test_per_client is not None and (not _is_int(s.test_per_client) or s.test_per_client < 1):
+        raise _fail("test_per_client", "None or an integer >= 1 (every client needs a test row)", s.test_per_client)
     if s.train_per_client is not None and s.fraction != 1.0:
         raise _fail("fraction", "1.0 when train_per_client is set (they both fix the train size)", s.fraction)
     for f in ("resample", "normalize"):

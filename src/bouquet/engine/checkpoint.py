@@ -5,7 +5,8 @@ plain containers of tensors and Python scalars (loaded back with ``weights_only=
 checkpoint is data, never code). It is written to a temporary file, fsynced and renamed, so a
 crash leaves the old file or the new one, never half of one. The last ``keep`` checkpoints of
 each (algorithm, seed) are kept: when the newest fails its checksum, the one before is used, with
-a warning.
+a warning. ``CheckpointDir(background=True)`` serializes at ``save`` and writes in one writer thread, so
+that the run does not wait for the disk (fsyncs) between checkpoints.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +41,17 @@ class CheckpointWarning(UserWarning):
     """A checkpoint was skipped (corrupt or truncated) and an older one used instead."""
 
 
-def save_checkpoint(path: str | Path, obj: Any) -> None:
-    """Serialize ``obj`` with a SHA-256 header and write it atomically (temp file, fsync, rename)."""
+def encode_checkpoint(obj: Any) -> bytes:
+    """The bytes of a checkpoint file: header, SHA-256 of the body, body (a ``torch.save`` of ``obj``)."""
     buf = io.BytesIO()
     torch.save(obj, buf)
     body = buf.getvalue()
-    atomic_write_bytes(path, MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+    return MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def save_checkpoint(path: str | Path, obj: Any) -> None:
+    """Serialize ``obj`` with a SHA-256 header and write it atomically (temp file, fsync, rename)."""
+    atomic_write_bytes(path, encode_checkpoint(obj))
 
 
 def load_checkpoint(path: str | Path) -> Any:
@@ -68,13 +76,18 @@ def load_checkpoint(path: str | Path) -> Any:
 class CheckpointDir:
     """The checkpoints of one run directory: ``<tag>-r<round>.ckpt``, the last ``keep`` per tag.
 
-    ``stamp`` entries (e.g. the config fingerprint) are added to every checkpoint saved.
+    ``stamp`` entries (e.g. the config fingerprint) are added to every checkpoint saved. With
+    ``background``, ``save`` serializes the checkpoint at once (the run may go on changing its state) and
+    leaves the writing (fsync, rename, rotation: mostly waiting for the disk) to one writer thread, one
+    checkpoint at a time; ``wait`` returns when it is on disk and raises what the writing raised.
     """
 
-    def __init__(self, directory: str | Path, keep: int = 2, stamp: dict | None = None):
+    def __init__(self, directory: str | Path, keep: int = 2, stamp: dict | None = None, background: bool = False):
         self.dir = Path(directory)
         self.keep = keep
         self.stamp = dict(stamp or {})
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="bouquet-checkpoint") if background else None
+        self._pending: Future | None = None
 
     def path(self, tag: str, round_idx: int) -> Path:
         return self.dir / f"{tag}-r{round_idx:07d}.ckpt"
@@ -98,21 +111,55 @@ class CheckpointDir:
             p.unlink(missing_ok=True)
         return len(stale)
 
-    def save(self, tag: str, round_idx: int, obj: Any) -> Path:
-        """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``."""
+    def save(self, tag: str, round_idx: int, obj: Any, before: Callable[[], None] | None = None) -> Path:
+        """Write a checkpoint, then delete this tag's checkpoints beyond the newest ``keep``.
+
+        ``before()`` runs first, in the same writer (e.g. fsync the records the checkpoint refers to).
+        """
         path = self.path(tag, round_idx)
-        save_checkpoint(path, {**obj, **self.stamp} if self.stamp and isinstance(obj, dict) else obj)
-        for old in self.files(tag)[self.keep:]:
-            old.unlink(missing_ok=True)
+        data = encode_checkpoint({**obj, **self.stamp} if self.stamp and isinstance(obj, dict) else obj)
+        if self._pool is None:
+            self._write(tag, path, data, before)
+        else:
+            self.wait()
+            self._pending = self._pool.submit(self._write, tag, path, data, before)
         return path
 
-    def latest(self, tag: str) -> tuple[Any, Path] | None:
-        """The newest checkpoint of ``tag`` that verifies (warning about each one skipped), or None."""
+    def _write(self, tag: str, path: Path, data: bytes, before: Callable[[], None] | None) -> None:
+        if before is not None:
+            before()
+        atomic_write_bytes(path, data)
+        for old in self.files(tag)[self.keep:]:
+            old.unlink(missing_ok=True)
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written (if any) is on disk; raise what writing it raised."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the writer (its errors are not raised here: ``wait`` raises them) and stop it."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._pending = None, None
+
+    def latest(self, tag: str, check: Callable[[Any], str | None] | None = None) -> tuple[Any, Path] | None:
+        """The newest checkpoint of ``tag`` that verifies (warning about each one skipped), or None.
+
+        ``check(checkpoint)`` may refuse one more: it returns why (e.g. its records are missing), or None.
+        """
+        self.wait()
         for path in self.files(tag):
             try:
-                return load_checkpoint(path), path
+                obj = load_checkpoint(path)
             except CheckpointError as err:
                 warnings.warn(f"{err}; falling back to an older checkpoint", CheckpointWarning, stacklevel=2)
+                continue
+            problem = check(obj) if check is not None else None
+            if problem is None:
+                return obj, path
+            warnings.warn(f"{path}: {problem}; falling back to an older checkpoint", CheckpointWarning, stacklevel=2)
         return None
 
 

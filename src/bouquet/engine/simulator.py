@@ -35,6 +35,7 @@ class Simulator:
 
     def __init__(self, alg: Algorithm, data: FederatedDataset, spec: RunSpec, *, seed: int = 0,
                  robust: RobustConfig | None = None):
+        data.check()  # a hand-built dataset (labels outside num_outputs, no test rows, ...): one DataError
         self.alg, self.data, self.seed = alg, data, seed
         self.vectorized = resolve_vectorized(spec.vectorized, alg.model, spec.device)
         self.spec = spec

@@ -29,15 +29,23 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 @dataclass
 class RunLog:
-    """The records of one run so far, with its last and best evaluations."""
+    """The records of one run so far (kept in memory when ``keep``), with its last and best evaluations.
+
+    A checkpoint keeps only last, best and the count of rejected updates (``snapshot``): the records
+    themselves go to ``metrics.jsonl``, so that a checkpoint's size does not grow with the run.
+    """
 
     metric: str
     records: list[dict] = field(default_factory=list)
     last: dict | None = None
     best: dict | None = None
+    keep: bool = True
+    rejected: int = 0
 
     def add(self, record: dict) -> None:
-        self.records.append(record)
+        if self.keep:
+            self.records.append(record)
+        self.rejected += len(record.get("rejected", []))
         ev = record.get("eval")
         if ev is None:
             return
@@ -47,12 +55,16 @@ class RunLog:
             self.best = point
 
     def snapshot(self) -> dict:
-        """What a checkpoint keeps of the log."""
-        return {"records": self.records, "best": self.best, "last": self.last}
+        """What a checkpoint keeps of the log (not the records)."""
+        return {"best": self.best, "last": self.last, "rejected": self.rejected}
 
     @staticmethod
-    def restore(metric: str, snap: dict) -> RunLog:
-        return RunLog(metric, list(snap["records"]), snap["last"], snap["best"])
+    def restore(metric: str, snap: dict, keep: bool = False) -> RunLog:
+        """The log of a checkpoint (format 2 checkpoints held the records: the rejected count comes from them)."""
+        rejected = snap.get("rejected")
+        if rejected is None:
+            rejected = sum(len(r.get("rejected", [])) for r in snap.get("records", []))
+        return RunLog(metric, [], snap["last"], snap["best"], keep=keep, rejected=rejected)
 
 
 def param_counts(alg: Algorithm, state: RunState, base: int) -> dict:
@@ -80,7 +92,7 @@ def summary(alg: Algorithm, seed: int, log: RunLog, state: RunState, counts: dic
         "bytes_up": state.bytes_up, "bytes_down": state.bytes_down,
         "mb_per_round": (state.bytes_up + state.bytes_down) / max(state.round, 1) / 1e6,
         "params": counts, "wall_seconds": wall, "local_training": training_path,
-        "rejected_updates": sum(len(r.get("rejected", [])) for r in log.records),
+        "rejected_updates": log.rejected,
         "extra": extra or {},
     }
 

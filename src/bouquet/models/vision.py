@@ -36,6 +36,9 @@ def cifar_cnn(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
     """FLoRAL's CIFAR CNN: conv5x5(32)-pool2-conv3x3(64)-pool3-fc(->64)-fc; fc1024 on 3x32x32 input."""
     if len(input_shape) != 3:
         raise ValueError(f"model 'cifar_cnn' needs image input [C, H, W], got input shape {input_shape}")
+    if min(input_shape[1:]) < 14:  # conv5 -> pool2 -> conv3 -> pool3 leaves nothing below 14 pixels
+        raise ValueError(f"model 'cifar_cnn' needs images of at least 14x14 pixels (conv5x5, pool2, conv3x3, "
+                         f"pool3), got input shape {input_shape}")
     features = nn.Sequential(
         nn.Conv2d(input_shape[0], 32, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3), nn.ReLU(), nn.MaxPool2d(3),
