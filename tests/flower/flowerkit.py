@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -79,7 +79,10 @@ class LoopbackGrid(Grid):
             node = msg.metadata.dst_node_id
             if self.fail is not None and self.fail(node, msg):
                 continue
-            reply = self.app(msg, self.contexts[node])
+            try:
+                reply = self.app(msg, self.contexts[node])
+            except Exception as err:  # the runtimes reply with an error (e.g. no handler for the message type)
+                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             if self.tamper is not None:
                 self.tamper(reply)
             replies.append(reply)
