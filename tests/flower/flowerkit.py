@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -82,7 +83,8 @@ class LoopbackGrid(Grid):
             try:
                 reply = self.app(msg, self.contexts[node])
             except Exception as err:  # the runtimes reply with an error (e.g. no handler for the message type)
-                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
+                reason = f"{type(err)}:<'{err}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
             if self.tamper is not None:
                 self.tamper(reply)
             replies.append(reply)

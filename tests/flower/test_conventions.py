@@ -5,12 +5,16 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from flowerkit import SMALL, LoopbackGrid
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
+from torch import nn
 
 from bouquet.app.flower_apps import clientapp as bouquet_client
 from bouquet.app.flower_job import load_job
+from bouquet.flower.strategy import BouquetStrategy
 
 
 @pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
@@ -39,3 +43,66 @@ def test_stock_fedavg_with_a_personalized_method_fails_in_one_line():
     msg = Message(RecordDict(content), dst_node_id=100, message_type="train")
     with pytest.raises(ValueError, match="^bouquet: error: arrays"):
         bouquet_client(msg, grid.contexts[100])
+
+
+# A stock Flower ClientApp, written as Flower's quickstart-pytorch writes one: its own model class and data,
+# `arrays` + `metrics["num-examples"]` in the reply, no query handler.
+stock_app = ClientApp()
+
+
+def _stock_model_and_data(msg: Message, context: Context, split: int):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(10, 3))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    rows = load_job(dict(context.run_config)).client_rows(int(context.node_config["partition-id"]))[split]
+    o, n = int(rows.offsets[0]), int(rows.sizes[0])
+    return model, rows.x[o:o + n].float(), rows.y[o:o + n].float()
+
+
+@stock_app.train()
+def _stock_train(msg: Message, context: Context) -> Message:
+    model, x, y = _stock_model_and_data(msg, context, 0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+    metrics = MetricRecord({"train_loss": loss.item(), "num-examples": len(x)})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@stock_app.evaluate()
+def _stock_evaluate(msg: Message, context: Context) -> Message:
+    model, x, y = _stock_model_and_data(msg, context, 1)
+    with torch.no_grad():
+        loss = float(nn.functional.mse_loss(model(x), y))
+    metrics = MetricRecord({"eval_loss": loss, "eval_mse": loss, "num-examples": len(x)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def test_stock_clientapp_takes_part_in_bouquet_fedavg():
+    rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "node-wait": 5.0}
+    job = load_job(rc)
+    grid = LoopbackGrid(stock_app, rc, num_nodes=job.num_clients)  # one client per node, no query handler
+    strategy = BouquetStrategy(job)
+    strategy.start(grid)
+    assert strategy.stock == set(grid.contexts) and strategy.partitions == {100 + i: i for i in range(6)}
+    records = strategy.log.records
+    assert len(records) == 3
+    for rec in records:
+        assert not {"skipped", "rejected", "failed"} & set(rec), rec
+        assert math.isfinite(rec["train_loss"]) and len(rec["clients"]) == 4
+        assert math.isfinite(rec["eval"]["mean"]) and "missing" not in rec["eval"]
+    start = BouquetStrategy(job).state.server["params"]
+    assert any(not torch.equal(strategy.state.server["params"][k], v) for k, v in start.items())
+
+
+def test_stock_and_bouquet_nodes_share_a_federation():
+    rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "node-wait": 5.0}
+    grid = LoopbackGrid(bouquet_client, rc, num_nodes=6)
+    stock = {101, 104}
+    grid.app = lambda msg, ctx: (stock_app if ctx.node_id in stock else bouquet_client)(msg, ctx)
+    strategy = BouquetStrategy(load_job(rc))
+    strategy.start(grid)
+    assert strategy.stock == stock and strategy.partitions == {100 + i: i for i in range(6)}
+    assert all(not {"skipped", "rejected", "failed"} & set(r) for r in strategy.log.records)
