@@ -2,6 +2,7 @@
 way Flower's quickstart-pytorch writes one) takes part in bouquet's FedAvg, in process over a LoopbackGrid."""
 
 import math
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,8 +13,13 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
+from bouquet.app import flower_run
+from bouquet.app.cli import main as cli_main
+from bouquet.app.flower_apps import FAILURE, SUMMARY, RunFailedError
 from bouquet.app.flower_apps import clientapp as bouquet_client
+from bouquet.app.flower_apps import main as server_main
 from bouquet.app.flower_job import load_job
+from bouquet.app.flower_run import parse_failure
 from bouquet.flower.strategy import BouquetStrategy
 
 
@@ -106,3 +112,27 @@ def test_stock_and_bouquet_nodes_share_a_federation():
     strategy.start(grid)
     assert strategy.stock == stock and strategy.partitions == {100 + i: i for i in range(6)}
     assert all(not {"skipped", "rejected", "failed"} & set(r) for r in strategy.log.records)
+
+
+def test_a_run_where_every_round_failed_ends_with_one_line(capsys):
+    rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "min-replies": 5}  # 4 clients per round < 5
+    grid = LoopbackGrid(bouquet_client, rc, num_nodes=3)
+    context = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    with pytest.raises(RunFailedError, match=r"^bouquet: error: every round failed: nothing was aggregated in 3 "):
+        server_main(grid, context)
+    out = capsys.readouterr().out
+    assert FAILURE + "every round failed" in out and SUMMARY not in out
+    assert parse_failure(out).startswith("every round failed") and "\n" not in parse_failure(out)
+
+
+def test_cli_exits_1_with_the_servers_reason(tmp_path, monkeypatch, capsys):
+    config = tmp_path / "small.toml"
+    config.write_text(SMALL)
+    line = FAILURE + "every round failed: nothing was aggregated in 3 rounds (12 updates rejected, ...)\n"
+    monkeypatch.setattr(flower_run, "flwr_run", lambda *a, **k: subprocess.CompletedProcess([], 1, stdout=line))
+    code = cli_main(["run", str(config), "--engine", "flower", "--superlink", "127.0.0.1:9", "--out",
+                     str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.strip().splitlines() == ["bouquet: error: fedavg seed 0: every round failed: nothing was aggregated "
+                                        "in 3 rounds (12 updates rejected, ...)"]
