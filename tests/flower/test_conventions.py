@@ -3,6 +3,8 @@ way Flower's quickstart-pytorch writes one) takes part in bouquet's FedAvg, in p
 
 import math
 import subprocess
+import tomllib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,8 +20,8 @@ from bouquet.app.cli import main as cli_main
 from bouquet.app.flower_apps import FAILURE, SUMMARY, RunFailedError
 from bouquet.app.flower_apps import clientapp as bouquet_client
 from bouquet.app.flower_apps import main as server_main
-from bouquet.app.flower_job import load_job
-from bouquet.app.flower_run import parse_failure
+from bouquet.app.flower_job import APP_DEFAULTS, load_job
+from bouquet.app.flower_run import parse_failure, parse_output
 from bouquet.flower.strategy import BouquetStrategy
 
 
@@ -136,3 +138,19 @@ def test_cli_exits_1_with_the_servers_reason(tmp_path, monkeypatch, capsys):
     assert code == 1
     assert err.strip().splitlines() == ["bouquet: error: fedavg seed 0: every round failed: nothing was aggregated "
                                         "in 3 rounds (12 updates rejected, ...)"]
+
+
+def test_app_defaults_are_pyprojects():
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    table = pyproject["tool"]["flwr"]["app"]["config"]
+    assert {k: APP_DEFAULTS[k] for k in table} == table
+
+
+def test_apps_run_with_flowers_defaults_when_no_run_config_is_given(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default config is found in the app directory, not the cwd
+    grid = LoopbackGrid(bouquet_client, {}, num_nodes=2)  # as Flower's run_simulation without a run config
+    server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={}))
+    records, summary = parse_output(capsys.readouterr().out)
+    assert len(records) == 5 and summary is not None  # the app's set: run.rounds=5
+    assert records[0]["algorithm"] == "fedavg" and len(records[0]["clients"]) == 10  # configs/synthetic_linear.toml
+    assert all(math.isfinite(r["eval"]["mean"]) for r in records)
