@@ -25,7 +25,7 @@ from bouquet.app.flower_run import parse_failure, parse_output
 from bouquet.flower.strategy import BouquetStrategy
 
 
-@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "fedprox", "fedavg_ft"])
 @pytest.mark.parametrize("by_name", [True, False])
 def test_stock_fedavg_drives_bouquet_clientapp(algorithm, by_name):
     rc = {"experiment": SMALL, "algorithm": algorithm, "seed": 0}
