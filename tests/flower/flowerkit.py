@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -79,7 +80,11 @@ class LoopbackGrid(Grid):
             node = msg.metadata.dst_node_id
             if self.fail is not None and self.fail(node, msg):
                 continue
-            reply = self.app(msg, self.contexts[node])
+            try:
+                reply = self.app(msg, self.contexts[node])
+            except Exception as err:  # the runtimes reply with an error (e.g. no handler for the message type)
+                reason = f"{type(err)}:<'{err}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)
             if self.tamper is not None:
                 self.tamper(reply)
             replies.append(reply)

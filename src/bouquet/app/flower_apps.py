@@ -26,7 +26,7 @@ from ..flower.job import FlowerJob
 from ..flower.strategy import BouquetStrategy
 from .flower_job import load_job
 
-RECORD, SUMMARY = "bouquet-record ", "bouquet-summary "
+RECORD, SUMMARY, FAILURE = "bouquet-record ", "bouquet-summary ", "bouquet-failure "
 log = logging.getLogger("bouquet.flower")
 
 serverapp = ServerApp()
@@ -52,6 +52,22 @@ def _train(msg: Message, context: Context) -> Message:
 def _evaluate(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
     return evaluate_reply(msg, context, load_job(dict(context.run_config)))
+
+
+class RunFailedError(RuntimeError):
+    """Every round of a Flower run failed: nothing was ever aggregated."""
+
+    user_facing = True
+
+
+def failure(records: list[dict], min_replies: int) -> str | None:
+    """Why a run in which no round aggregated anything failed (None when some round did)."""
+    if records and not all(r.get("skipped") for r in records):
+        return None
+    rejected = sum(len(r.get("rejected", [])) for r in records)
+    missing = sum(len(r.get("failed", [])) for r in records)
+    return (f"every round failed: nothing was aggregated in {len(records)} rounds ({rejected} updates rejected, "
+            f"{missing} without a reply, min-replies {min_replies})")
 
 
 def run_summary(job: FlowerJob, strategy: BouquetStrategy, wall: float) -> dict:
@@ -86,6 +102,10 @@ def main(grid: Grid, context: Context) -> None:
     start = time.perf_counter()
     strategy.start(grid)
     result = run_summary(job, strategy, time.perf_counter() - start)
-    print(SUMMARY + json.dumps(result), flush=True)
     if job.settings.out:
         write_run_dir(job.settings.out, job, result, strategy.log.records)
+    why = failure(strategy.log.records, job.settings.min_replies)
+    if why is not None:  # a non-zero exit and the reason in one line (our CLI reads the line)
+        print(FAILURE + why, flush=True)
+        raise RunFailedError(f"bouquet: error: {why}")
+    print(SUMMARY + json.dumps(result), flush=True)

@@ -43,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
     "round-timeout": 600.0,
     "node-wait": 120.0,
 }
+#: ``[tool.flwr.app.config]`` of pyproject.toml: what a run config without ``config`` or ``experiment`` (e.g.
+#: Flower's ``run_simulation`` with none) starts from (tests keep the two equal)
+APP_DEFAULTS: dict[str, Any] = {**DEFAULTS, "config": "configs/synthetic_linear.toml",
+                                "set": "run.rounds=5;run.eval_every=1", "algorithm": "fedavg"}
+#: the source checkout (an editable install), where the app's default config lives
+_CHECKOUT = Path(__file__).resolve().parents[3]
 
 
 def _find(path: str) -> Path:
@@ -51,21 +57,27 @@ def _find(path: str) -> Path:
     if p.is_absolute() or p.is_file():
         return p
     # Flower puts the installed app (FAB) directory on sys.path before loading the app.
-    for entry in sys.path:
+    for entry in [*sys.path, str(_CHECKOUT)]:
         if entry and (Path(entry) / p).is_file():
             return Path(entry) / p
     raise ConfigError(f"config: experiment file {path!r} not found (cwd {Path.cwd()}, nor in the app directory)")
 
 
+def with_defaults(run_config: dict) -> dict:
+    """The run config over the defaults: the app's (pyproject) when it names no experiment, else ``DEFAULTS``."""
+    named = run_config.get("config") or run_config.get("experiment")
+    return {**(DEFAULTS if named else APP_DEFAULTS), **{k: v for k, v in run_config.items() if named or v != ""}}
+
+
 def settings(run_config: dict) -> FlowerSettings:
     """The Flower-specific part of the run config."""
-    rc = {**DEFAULTS, **run_config}
+    rc = with_defaults(run_config)
     return FlowerSettings(out=str(rc["out"]), min_replies=int(rc["min-replies"]),
                           round_timeout=float(rc["round-timeout"]), node_wait=float(rc["node-wait"]))
 
 
 def _key(run_config: dict) -> tuple:
-    rc = {**DEFAULTS, **run_config}
+    rc = with_defaults(run_config)
     return tuple(str(rc[k]) for k in ("config", "experiment", "set", "algorithm", "seed", "out", "min-replies",
                                       "round-timeout", "node-wait"))
 

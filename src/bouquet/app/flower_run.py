@@ -24,7 +24,7 @@ from ..engine.summary import aggregate_seeds
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from ..flower.deploy import LocalFederation, flwr_run
 from .config import Experiment, resolved_dict
-from .flower_apps import RECORD, SUMMARY
+from .flower_apps import FAILURE, RECORD, SUMMARY
 
 COMPONENTS = {"serverapp": "bouquet.app.flower_apps:serverapp", "clientapp": "bouquet.app.flower_apps:clientapp"}
 
@@ -61,6 +61,11 @@ def parse_output(text: str) -> tuple[list[dict], dict | None]:
     return records, summary
 
 
+def parse_failure(text: str) -> str | None:
+    """The ServerApp's one-line reason when the run failed (every round), from the streamed log."""
+    return next((line.split(FAILURE, 1)[1].strip() for line in text.splitlines() if FAILURE in line), None)
+
+
 def run_config_for(exp: Experiment, name: str, seed: int, **settings) -> dict:
     """The Flower run config of one (algorithm, seed) of ``exp``."""
     return {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": name, "seed": seed, **settings}
@@ -95,6 +100,8 @@ def run(exp: Experiment, out_dir: str | Path, algorithms: list[str], engine: str
                     show = _printer(name, seed) if progress else None
                     res = flwr_run(app, connection, federation_config=fcfg, env=env, timeout=timeout, on_line=show)
                     recs, s = parse_output(res.stdout)
+                    if (failed := parse_failure(res.stdout)) is not None:
+                        raise FlowerRunError(f"{name} seed {seed}: {failed}")
                     if s is None:
                         raise FlowerRunError(f"{name} seed {seed}: the Flower run ended without a summary "
                                              f"(exit code {res.returncode}); last output:\n{res.stdout[-3000:]}")

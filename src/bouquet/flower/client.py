@@ -1,9 +1,11 @@
 """The ClientApp side: a SuperNode trains and evaluates the clients (partitions) it serves.
 
 Messages name the clients they are for (``config["clients"]``), so one SuperNode can serve several
-partitions. Each client's private state (router, local adaptor, head...) lives in ``Context.state``
-under ``c<id>`` and never leaves the node; replies carry only the algorithm's upload. The work itself
-is ``engine.client_work``: the simulator's client loop, one client at a time.
+partitions. A message without ``clients`` follows Flower's convention (stock ``FedAvg``): ``arrays`` is the
+plain global model and the node trains its partition as one client (FedAvg-family methods only). Each
+client's private state (router, local adaptor, head...) lives in ``Context.state`` under ``c<id>`` and never
+leaves the node; replies carry only the algorithm's upload. The work itself is ``engine.client_work``: the
+simulator's client loop, one client at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from ..engine.client_work import evaluate_client, is_finite_update, train_client
 from .job import FlowerJob
-from .records import add_client, from_record, to_record, unflatten_state
+from .records import add_client, from_record, match_global, to_record, unflatten_state
 
 
 def partition(context: Context) -> tuple[int, int]:
@@ -36,9 +38,36 @@ def query_reply(msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
+def _stock(msg: Message, context: Context, job: FlowerJob) -> tuple[int, dict[str, torch.Tensor], dict[str, str]]:
+    """A Flower-convention message: (this node's client id, the payload, payload key -> message key)."""
+    cid = partition(context)[0]
+    if not 0 <= cid < job.num_clients:
+        raise ValueError(f"bouquet: error: partition-id {cid} is not a client of the experiment "
+                         f"({job.num_clients} clients)")
+    incoming = from_record(msg.content["arrays"])
+    names = match_global(incoming, job.initial_global)
+    return cid, {k: incoming[src] for k, src in names.items()}, names
+
+
+def _stock_train(msg: Message, context: Context, job: FlowerJob) -> Message:
+    cid, payload, names = _stock(msg, context, job)
+    upload, new_private, loss, n = train_client(job.alg, job.spec, job.seed, job.client_rows(cid)[0], cid, payload,
+                                                _private(context, job, cid), int(msg.content["config"]["server-round"]))
+    if set(upload) != set(names):
+        raise ValueError(f"bouquet: error: {job.name} does not upload the global model; Flower's stock strategies "
+                         "work with the FedAvg-family methods only")
+    if is_finite_update(upload, loss):
+        context.state[f"c{cid}"] = to_record(new_private)
+    arrays = to_record({names[k]: upload[k] for k in names})
+    return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"train_loss": loss, "num-examples": n})}),
+                   reply_to=msg)
+
+
 def train_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
     """Local training of every client named in the message; uploads prefixed ``c<id>/``."""
     cfg = msg.content["config"]
+    if "clients" not in cfg:
+        return _stock_train(msg, context, job)
     payload = from_record(msg.content["arrays"])
     rnd = int(cfg["server-round"])
     uploads: dict[str, torch.Tensor] = {}
@@ -61,6 +90,13 @@ def train_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
 def evaluate_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
     """Every named client's personalized model on its own test split."""
     cfg = msg.content["config"]
+    if "clients" not in cfg:  # Flower's convention: the plain global model, this node's partition
+        cid, payload, _ = _stock(msg, context, job)
+        train, test = job.client_rows(cid)
+        score, loss, n = evaluate_client(job.alg, job.spec, job.seed, train, test, {"params": payload},
+                                         _private(context, job, cid), cid, int(cfg["server-round"]))
+        return Message(RecordDict({"metrics": MetricRecord({"eval_loss": loss, "eval_score": score,
+                                                            "num-examples": n})}), reply_to=msg)
     other = msg.content.get("server")
     server = unflatten_state(from_record(msg.content["arrays"]), dict(other) if isinstance(other, ConfigRecord) else {})
     rnd = int(cfg["server-round"])

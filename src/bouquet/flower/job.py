@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import torch
 from torch import Tensor
 
 from ..algorithms import Algorithm
@@ -60,6 +61,11 @@ class FlowerJob:
     @cached_property
     def initial_states(self) -> dict[str, Tensor]:
         return initial_client_states(self.alg, self.seed, self.data.clusters)
+
+    @cached_property
+    def initial_global(self) -> dict[str, Tensor]:
+        """``alg.broadcast`` of the initial server state: the plain global model of Flower's convention."""
+        return self.alg.broadcast(self.alg.init(torch.Generator().manual_seed(self.seed), self.data.clusters)[0])
 
     def client_rows(self, cid: int) -> tuple[SplitArrays, SplitArrays]:
         """Client ``cid``'s training and test rows, as one-client arrays."""

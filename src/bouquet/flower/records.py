@@ -53,6 +53,22 @@ def split_clients(tensors: Mapping[str, Tensor]) -> dict[int, dict[str, Tensor]]
     return out
 
 
+def match_global(incoming: Mapping[str, Tensor], template: Mapping[str, Tensor]) -> dict[str, str]:
+    """Template key -> incoming key for a plain global model (Flower's ``arrays``): by name, else in order."""
+    if set(incoming) == set(template):
+        pairs = {k: k for k in template}
+    elif len(incoming) == len(template):
+        pairs = dict(zip(template, incoming, strict=True))
+    else:
+        raise ValueError(f"bouquet: error: arrays: expected the global model {sorted(template)}, got {len(incoming)} "
+                         "arrays")
+    for k, src in pairs.items():
+        if tuple(incoming[src].shape) != tuple(template[k].shape):
+            raise ValueError(f"bouquet: error: arrays: {src!r} has shape {tuple(incoming[src].shape)}, the model's "
+                             f"{k!r} has {tuple(template[k].shape)}")
+    return pairs
+
+
 def flatten_state(tree: Mapping[str, Any], prefix: str = "") -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Nested server state -> (flat tensors, flat non-tensor leaves), keys joined with ``/``."""
     tensors: dict[str, Tensor] = {}

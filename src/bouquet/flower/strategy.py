@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -55,15 +56,21 @@ class BouquetStrategy(Strategy):
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.partitions: dict[int, int] = {}  # node id -> partition id
         self.received_keys: set[str] = set()
+        self.stock: set[int] = set()  # nodes without a query handler: stock Flower ClientApps
         self._round: dict = {}
+        self._sent: dict[int, list[int]] = {}  # node -> the clients its last message named
 
     # -- nodes ---------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> dict[int, int]:
-        """Map every client id to the node serving its partition (``partition-id`` = id mod partitions)."""
+        """Map every client id to the node serving its partition (``partition-id`` = id mod partitions).
+
+        A node whose ClientApp has no query handler (a stock Flower ClientApp answers with an error) takes a
+        partition no other node claimed, in node-id order; with no bouquet node at all, one client per node.
+        """
         wait = self.job.settings.node_wait
-        deadline, partitions, num = time.monotonic() + wait, {}, None
+        deadline, partitions, stock, num = time.monotonic() + wait, {}, [], None
         while time.monotonic() < deadline:
-            nodes = [n for n in grid.get_node_ids() if n not in partitions.values()]
+            nodes = [n for n in grid.get_node_ids() if n not in partitions.values() and n not in stock]
             if nodes:
                 msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n,
                                 message_type=MessageType.QUERY) for n in nodes]
@@ -72,22 +79,32 @@ class BouquetStrategy(Strategy):
                         m = rep.content["metrics"]
                         partitions[int(m["partition-id"])] = rep.metadata.src_node_id
                         num = int(m["num-partitions"])
-            if num is not None and all(p in partitions for p in range(num)):
+                    elif rep.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
+                        stock.append(rep.metadata.src_node_id)
+            free = [p for p in range(self.job.num_clients if num is None else num) if p not in partitions]
+            if len(stock) >= len(free) and (partitions or stock):
                 break
             time.sleep(0.5)
-        if num is None or not all(p in partitions for p in range(num)):
-            raise NodeDiscoveryError(f"partitions {sorted(partitions)} of {num} reachable after {wait:.0f}s "
-                                     "(node-wait)")
+        else:
+            raise NodeDiscoveryError(f"partitions {sorted(partitions)} of {num} reachable (and {len(stock)} nodes "
+                                     f"without a query handler) after {wait:.0f}s (node-wait)")
+        partitions.update(zip(free, sorted(stock), strict=False))
+        self.stock = set(sorted(stock)[:len(free)])
+        num = len(partitions) if num is None else num
         self.node_of = {cid: partitions[cid % num] for cid in range(self.job.num_clients)}
         self.partitions = {node: p for p, node in partitions.items()}
-        log.info("bouquet: %d clients on %d SuperNodes", len(self.node_of), num)
+        log.info("bouquet: %d clients on %d SuperNodes (%d stock Flower ClientApps)", len(self.node_of), num,
+                 len(self.stock))
         return self.node_of
 
-    def _messages(self, clients: Iterable[int], content: dict, config: dict, kind: str) -> list[Message]:
+    def _messages(self, clients: Iterable[int], content: dict, config: dict, kind: str,
+                  stock: dict | None = None) -> list[Message]:
         by_node: dict[int, list[int]] = {}
         for cid in clients:
             by_node.setdefault(self.node_of[cid], []).append(cid)
-        return [Message(RecordDict({**content, "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
+        self._sent = by_node
+        return [Message(RecordDict({**(stock if stock is not None and node in self.stock else content),
+                                    "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
                         message_type=kind) for node, cs in by_node.items()]
 
     # -- training ------------------------------------------------------------------------------
@@ -155,6 +172,12 @@ class BouquetStrategy(Strategy):
                 self.received_keys.update(up)
             # a client answered when its loss is reported (an empty upload is valid: Local sends nothing)
             answered = {int(k[1:-5]) for k in metrics if k.endswith("/loss") and k[1:-5].isdigit()}
+            sent = self._sent.get(node, [])
+            if not answered and len(sent) == 1 and set(per_client) <= {-1}:  # Flower's convention, one client
+                cid = sent[0]
+                per_client = {cid: per_client.get(-1, {})}
+                metrics[f"c{cid}/loss"] = metrics.get("train_loss", metrics.get("loss", float("nan")))
+                answered = {cid}
             for cid in sorted(answered):
                 if cid not in sampled:
                     log.warning("bouquet: round %d: node %s answered for client %d, which was not sampled",
@@ -172,7 +195,8 @@ class BouquetStrategy(Strategy):
         tensors, other = flatten_state(self.state.server)
         content = {"arrays": to_record(tensors), "server": ConfigRecord(other)}
         cfg = {**dict(config), "server-round": server_round}
-        return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE)
+        stock = {"arrays": to_record(self.job.alg.broadcast(self.state.server))}  # the plain global model
+        return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """``summarize`` over every client that answered (the others are ``missing``); closes the round."""
@@ -199,8 +223,15 @@ class BouquetStrategy(Strategy):
                 log.warning("bouquet: round %d: evaluation error from node %s: %s", server_round,
                             rep.metadata.src_node_id, rep.error.reason)
                 continue
-            m = rep.content["metrics"]
+            m = dict(rep.content["metrics"])
             self.received_keys.update(f"metrics:{k}" for k in m)
+            sent = self._sent.get(rep.metadata.src_node_id, [])
+            if len(sent) == 1 and f"c{sent[0]}/score" not in m:  # Flower's convention (quickstart keys)
+                s = next((m[k] for k in ("eval_score", "eval_acc", "eval_mse", "accuracy") if k in m), None)
+                if s is not None and "num-examples" in m:
+                    c = sent[0]
+                    m.update({f"c{c}/score": s, f"c{c}/loss": m.get("eval_loss", m.get("loss", s)),
+                              f"c{c}/num-examples": m["num-examples"]})
             for cid in range(num):
                 if f"c{cid}/score" in m:
                     score[cid], loss[cid] = float(m[f"c{cid}/score"]), float(m[f"c{cid}/loss"])
