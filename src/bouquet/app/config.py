@@ -41,6 +41,9 @@ class RunConfig(RunSpec):
     threads: int | None = None
     #: write a checkpoint every k rounds (0: only at the end of each run and on Ctrl-C)
     checkpoint_every: int = 10
+    #: bit for bit across processes: torch's deterministic algorithms, `threads` (default 1) fixed, and MKL's
+    #: reproducible code path (MKL_CBWR=AUTO,STRICT must be in the environment; docs/reliability.md)
+    deterministic: bool = False
 
     def check(self, s: str) -> None:
         super().check(s)

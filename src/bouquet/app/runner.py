@@ -15,8 +15,10 @@ Layout of a run directory::
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields, replace
@@ -176,13 +178,29 @@ def _locked(out: Path, option: str) -> Iterator[None]:
         lock.release()
 
 
+MKL_REPRODUCIBLE = "AUTO,STRICT"
+
+
+def deterministic_mode(threads: int) -> None:
+    """torch's deterministic algorithms and a fixed thread count; warns when MKL may still pick its kernels
+    by memory alignment (MKL reads MKL_CBWR once, when it loads: it must be set before Python starts)."""
+    torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(threads)
+    if os.environ.get("MKL_CBWR", "").upper() != MKL_REPRODUCIBLE:
+        warnings.warn(f"run.deterministic: set MKL_CBWR={MKL_REPRODUCIBLE} in the environment before starting "
+                      "bouquet; without it MKL may choose kernels by memory alignment and results can differ "
+                      "in the last bits between processes", UserWarning, stacklevel=2)
+
+
 def _run_local(exp: Experiment, out: Path, progress: bool, resume: bool, allow_changes: list[str] | None) -> dict:
     """The local engine's part of run_experiment, with the run directory locked."""
     names = exp.algorithms
     current = resolved_dict(exp)
     record = stamp(current, allow_changes)
     ckpts = CheckpointDir(out / "checkpoints", stamp=record, background=True)
-    if exp.run.threads:
+    if exp.run.deterministic:
+        deterministic_mode(exp.run.threads or 1)
+    elif exp.run.threads:
         torch.set_num_threads(exp.run.threads)
     if not resume:
         atomic_write_toml(out / "config.toml", current)
