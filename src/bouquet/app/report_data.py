@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checks import ConfigError
+from ..engine.summary import mean_std
 
 
 @dataclass
@@ -143,9 +143,8 @@ def mean_band(curves: dict[int, list[tuple[int, float, float]]]) -> tuple[list[i
     rounds = sorted(set.intersection(*(set(d) for d in by_seed)))
     mbs, means, stds = [], [], []
     for r in rounds:
-        vals = [d[r][1] for d in by_seed]
-        mean = sum(vals) / len(vals)
+        mean, std = mean_std([d[r][1] for d in by_seed])
         means.append(mean)
-        stds.append(math.sqrt(sum((v - mean) ** 2 for v in vals) / len(vals)))
+        stds.append(std)
         mbs.append(sum(d[r][0] for d in by_seed) / len(by_seed))
     return rounds, mbs, means, stds

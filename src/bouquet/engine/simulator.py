@@ -28,6 +28,7 @@ from .mlp_kernels import kernel_trainer
 from .robust import RobustConfig
 from .rounds import ClientResults, RoundDriver, RunState, select_clients
 from .spec import RunSpec, resolve_vectorized
+from .summary import metric_name
 
 
 class Simulator:
@@ -112,7 +113,7 @@ class Simulator:
     @property
     def metric(self) -> str:
         """The evaluation metric's name: accuracy (classification) or mse (regression)."""
-        return "accuracy" if self.alg.objective == "classification" else "mse"
+        return metric_name(self.alg.objective)
 
     # -- evaluation ----------------------------------------------------------------------------
     def client_scores(self, state: RunState) -> ClientScores:

@@ -14,6 +14,11 @@ from .evaluation import personalized_params
 from .rounds import RunState
 
 
+def metric_name(objective: str) -> str:
+    """The evaluation metric of an objective: accuracy (classification) or mse (regression)."""
+    return "accuracy" if objective == "classification" else "mse"
+
+
 def is_better(metric: str, a: float, b: float) -> bool:
     """Higher accuracy, lower error."""
     return a > b if metric == "accuracy" else a < b

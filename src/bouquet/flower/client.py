@@ -49,15 +49,23 @@ def _stock(msg: Message, context: Context, job: FlowerJob) -> tuple[int, dict[st
     return cid, {k: incoming[src] for k, src in names.items()}, names
 
 
+def _train_one(context: Context, job: FlowerJob, cid: int, payload: dict[str, torch.Tensor],
+               rnd: int) -> tuple[dict[str, torch.Tensor], float, int]:
+    """Client ``cid``'s round: (upload, loss, n_k); its new private state is kept only for a finite update,
+    as the simulator keeps a rejected client's old state."""
+    upload, new_private, loss, n = train_client(job.alg, job.spec, job.seed, job.client_rows(cid)[0], cid, payload,
+                                                _private(context, job, cid), rnd)
+    if is_finite_update(upload, loss):
+        context.state[f"c{cid}"] = to_record(new_private)
+    return upload, loss, n
+
+
 def _stock_train(msg: Message, context: Context, job: FlowerJob) -> Message:
     cid, payload, names = _stock(msg, context, job)
-    upload, new_private, loss, n = train_client(job.alg, job.spec, job.seed, job.client_rows(cid)[0], cid, payload,
-                                                _private(context, job, cid), int(msg.content["config"]["server-round"]))
+    upload, loss, n = _train_one(context, job, cid, payload, int(msg.content["config"]["server-round"]))
     if set(upload) != set(names):
         raise ValueError(f"bouquet: error: {job.name} does not upload the global model; Flower's stock strategies "
                          "work with the FedAvg-family methods only")
-    if is_finite_update(upload, loss):
-        context.state[f"c{cid}"] = to_record(new_private)
     arrays = to_record({names[k]: upload[k] for k in names})
     return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord({"train_loss": loss, "num-examples": n})}),
                    reply_to=msg)
@@ -74,11 +82,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
     metrics: dict[str, float | int] = {}
     total = 0
     for cid in list(cfg["clients"]):
-        train, _ = job.client_rows(cid)
-        upload, new_private, loss, n = train_client(job.alg, job.spec, job.seed, train, cid, payload,
-                                                    _private(context, job, cid), rnd)
-        if is_finite_update(upload, loss):  # like the local engine: a rejected client keeps its state
-            context.state[f"c{cid}"] = to_record(new_private)
+        upload, loss, n = _train_one(context, job, cid, payload, rnd)
         uploads.update(add_client(upload, cid))
         metrics[f"c{cid}/loss"] = loss
         metrics[f"c{cid}/num-examples"] = n

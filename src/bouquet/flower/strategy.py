@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from ..algorithms import payload_nbytes
 from ..engine.evaluation import ClientScores, summarize
 from ..engine.rounds import ClientResults, RoundDriver
-from ..engine.summary import RunLog, param_counts
+from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
 from .job import FlowerJob
 from .records import flatten_state, from_record, split_clients, to_record
@@ -52,7 +52,7 @@ class BouquetStrategy(Strategy):
         self.counts = param_counts(alg, start, job.base_params)
         self.state = start
         self.state.clients = {}  # the server never holds client states: they live on the SuperNodes
-        self.log = RunLog("accuracy" if alg.objective == "classification" else "mse")
+        self.log = RunLog(metric_name(alg.objective))
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.partitions: dict[int, int] = {}  # node id -> partition id
         self.received_keys: set[str] = set()
