@@ -5,12 +5,17 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from datafile_writers import write_idx_dir  # noqa: E402  (tiny IDX files in the real format)
 
 SMALL = """
 name = "flower_small"
@@ -37,6 +42,13 @@ lr = 0.1
 """
 
 
+def idx_experiment(path: Path, algorithm: str = "floral") -> str:
+    """A 6-client MNIST-format experiment read from the tiny IDX files written into ``path``."""
+    write_idx_dir(path)
+    return SMALL.replace('algorithms = ["fedavg"]', f'algorithms = ["{algorithm}"]').replace(
+        'name = "synthetic_linear"', f'name = "mnist"\npath = "{path}"')
+
+
 class LoopbackGrid(Grid):
     """Delivers messages to ClientApps in this process, one ``Context`` per node (state persists).
 
@@ -45,12 +57,14 @@ class LoopbackGrid(Grid):
 
     def __init__(self, client_app, run_config: dict, num_nodes: int,
                  fail: Callable[[int, Message], bool] | None = None,
-                 tamper: Callable[[Message], None] | None = None):
+                 tamper: Callable[[Message], None] | None = None, node_configs: list[dict] | None = None):
         self.app, self.fail, self.tamper = client_app, fail, tamper
         # Flower stamps messages with the process's task identity (set by the real runtimes)
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.contexts = {
-            100 + i: Context(run_id=1, node_id=100 + i, node_config={"partition-id": i, "num-partitions": num_nodes},
+            100 + i: Context(run_id=1, node_id=100 + i,
+                             node_config=node_configs[i] if node_configs else {"partition-id": i,
+                                                                                "num-partitions": num_nodes},
                              state=RecordDict(), run_config=dict(run_config))
             for i in range(num_nodes)
         }

@@ -4,7 +4,8 @@
 RUN_DIR [RUN_DIR ...] [--out DIR]`` writes figures, report.md and report.html from run directories;
 ``bouquet compare RUN_DIR [RUN_DIR ...]`` groups runs by method and seed into one comparison report;
 ``bouquet sweep CONFIG --grid key=v1,v2`` runs a grid and compares it; ``bouquet config-reference`` prints
-every config key with its type, default and meaning.
+every config key with its type, default and meaning; ``bouquet partition CONFIG --nodes N --out DIR`` writes the
+experiment's dataset as one data directory per Flower SuperNode (docs/flower.md, "Node-local data").
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from typing import TextIO
 from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import DataError
+from ..data.node_dir import write_node_dirs
 from ..engine.checkpoint import RunInterrupted
 from ..files import WriteError, atomic_write_bytes
 from .bench.cli import add_bench_parser, cmd_bench
 from .compare import write_compare
 from .config import load_experiment
 from .config_reference import render_markdown
+from .experiment import dataset_for_seed
 from .report import results_table
 from .report_html import write_report
 from .rundir import parse_allowed
@@ -75,8 +78,26 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     ref = sub.add_parser("config-reference", help="every config key with its type, default and meaning (Markdown)")
     ref.add_argument("--out", metavar="FILE", help="write it to FILE (e.g. docs/config.md) instead of printing it")
+    part = sub.add_parser("partition", help="write the experiment's dataset as per-node data directories "
+                          "(SuperNode --node-config data-dir=...)")
+    part.add_argument("config", help="experiment TOML file (see configs/)")
+    part.add_argument("--nodes", type=int, required=True, help="number of node directories (client k on node k mod N)")
+    part.add_argument("--out", required=True, help="directory to write node-0 ... node-<N-1> into")
+    part.add_argument("--seed", type=int, help="run seed whose data draw to write (default: the first of run.seeds)")
+    part.add_argument("--format", choices=["npz", "pt"], default="npz", help="client file format (default npz)")
+    part.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value (repeatable)")
     add_bench_parser(sub)
     return p
+
+
+def _cmd_partition(args: argparse.Namespace) -> int:
+    exp = load_experiment(args.config, args.overrides)
+    seed = exp.run.seeds[0] if args.seed is None else args.seed
+    dirs = write_node_dirs(dataset_for_seed(exp, seed), args.out, args.nodes, args.format)
+    print(f"{exp.data.name} (seed {seed}): {exp.data.num_clients} clients in {len(dirs)} node directories under "
+          f"{args.out}; start SuperNode i with --node-config \"data-dir={Path(args.out).resolve()}/node-i\"")
+    return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -187,6 +208,8 @@ def _main(args: argparse.Namespace) -> int:
             return _cmd_sweep(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "partition":
+            return _cmd_partition(args)
         if args.command == "config-reference":
             return _cmd_config_reference(args)
         return _cmd_algorithms(args)

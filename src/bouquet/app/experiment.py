@@ -14,7 +14,7 @@ from torch import nn
 from ..algorithms import ALGORITHMS, Algorithm, BuildContext
 from ..checks import ConfigError
 from ..data import DataSpec, build_dataset
-from ..data.federated import FederatedDataset
+from ..data.federated import DatasetInfo, FederatedDataset
 from ..models import build_model
 from .config import Experiment
 from .pretrain import load_pretrained
@@ -30,13 +30,13 @@ def dataset_for_seed(exp: Experiment, seed: int) -> FederatedDataset:
     return build_dataset(data_for_seed(exp, seed))
 
 
-def build_context(exp: Experiment, data: FederatedDataset) -> BuildContext:
+def build_context(exp: Experiment, data: FederatedDataset | DatasetInfo) -> BuildContext:
     """What the algorithm builders may know of the run."""
     return BuildContext(objective=data.objective, num_clusters=data.num_clusters,
-                        total_examples=int(data.train_sizes().sum()), train=exp.train, server=exp.server)
+                        total_examples=data.total_train_examples(), train=exp.train, server=exp.server)
 
 
-def seeded_model(exp: Experiment, data: FederatedDataset, seed: int) -> nn.Module:
+def seeded_model(exp: Experiment, data: FederatedDataset | DatasetInfo, seed: int) -> nn.Module:
     """Every global RNG seeded, then the experiment's model (pretrained when it has a [pretrain] table)."""
     # Every global RNG is seeded, so a run's checkpoints (which hold them all) are reproducible too.
     torch.manual_seed(seed)
@@ -54,7 +54,7 @@ def seeded_model(exp: Experiment, data: FederatedDataset, seed: int) -> nn.Modul
     return load_pretrained(model, exp, data) if exp.pretrain is not None else model
 
 
-def check_forward(exp: Experiment, data: FederatedDataset, model: nn.Module) -> None:
+def check_forward(exp: Experiment, data: FederatedDataset | DatasetInfo, model: nn.Module) -> None:
     """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError."""
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
     was_training = model.training
@@ -72,13 +72,14 @@ def check_forward(exp: Experiment, data: FederatedDataset, model: nn.Module) -> 
                           f"({data.num_outputs},) (data.num_outputs)")
 
 
-def _mismatch(exp: Experiment, data: FederatedDataset, err: RuntimeError) -> str:
+def _mismatch(exp: Experiment, data: FederatedDataset | DatasetInfo, err: RuntimeError) -> str:
     first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
     return (f"model.name: {exp.model.name!r} does not fit input shape {tuple(data.input_shape)} of {data.name!r} "
             f"(a forward pass on one example failed: {first[:160]}); expected a model made for this input shape")
 
 
-def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: int) -> tuple[Algorithm, int]:
+def build_algorithm(exp: Experiment, data: FederatedDataset | DatasetInfo, name: str,
+                    seed: int) -> tuple[Algorithm, int]:
     """Seeded (and pretrained) model, then the algorithm; returns it with the base model's parameter count."""
     model = seeded_model(exp, data, seed)
     base = sum(p.numel() for p in model.parameters())

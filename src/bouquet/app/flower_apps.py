@@ -22,9 +22,11 @@ from flwr.serverapp import Grid, ServerApp
 from ..engine.summary import aggregate_seeds, summary
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from ..flower.client import evaluate_reply, query_reply, train_reply
+from ..flower.discovery import discover
 from ..flower.job import FlowerJob
 from ..flower.strategy import BouquetStrategy
-from .flower_job import load_job
+from .experiment import dataset_for_seed
+from .flower_job import experiment_of, load_job, node_dir, node_job, server_job, settings
 
 RECORD, SUMMARY, FAILURE = "bouquet-record ", "bouquet-summary ", "bouquet-failure "
 log = logging.getLogger("bouquet.flower")
@@ -37,21 +39,44 @@ def _threads(context: Context, key: str) -> None:
     torch.set_num_threads(int(context.run_config.get(key, 1)))
 
 
+def _data_dir(context: Context) -> str | None:
+    path = context.node_config.get("data-dir")
+    return str(path) if path else None
+
+
+def client_job(msg: Message, context: Context) -> FlowerJob:
+    """This node's job: from its own data directory (``data-dir`` node config) or from the experiment."""
+    path = _data_dir(context)
+    if path is None:
+        return load_job(dict(context.run_config))
+    nd = node_dir(path)
+    cfg = msg.content.get("config")
+    cfg = dict(cfg) if cfg is not None else {}
+    num = int(cfg.get("num-clients", nd.num_clients if nd.num_clients is not None else max(nd.ids) + 1))
+    total = int(cfg.get("total-examples", nd.data.total_train_examples()))
+    return node_job(dict(context.run_config), path, num, total)
+
+
 @clientapp.query()
 def _query(msg: Message, context: Context) -> Message:
-    return query_reply(msg, context)
+    path = _data_dir(context)
+    if path is None:
+        return query_reply(msg, context, load_job(dict(context.run_config)).data)
+    nd = node_dir(path)
+    part = None if "partition-id" in context.node_config else nd.partition
+    return query_reply(msg, context, nd.data, nd.ids, part)
 
 
 @clientapp.train()
 def _train(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
-    return train_reply(msg, context, load_job(dict(context.run_config)))
+    return train_reply(msg, context, client_job(msg, context))
 
 
 @clientapp.evaluate()
 def _evaluate(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
-    return evaluate_reply(msg, context, load_job(dict(context.run_config)))
+    return evaluate_reply(msg, context, client_job(msg, context))
 
 
 class RunFailedError(RuntimeError):
@@ -93,12 +118,25 @@ def write_run_dir(out: str | Path, job: FlowerJob, result: dict, records: list[d
                                              "algorithms": {job.name: aggregate_seeds([result])}})
 
 
+def federation_job(grid: Grid, run_config: dict):
+    """Discover the nodes, then the server's job on the federation they describe. Only when some node does not
+    describe its data (a stock Flower ClientApp) does the server build the experiment's dataset, for its sizes."""
+    exp, _, seed = experiment_of(run_config)
+    nodes = discover(grid, exp.data.num_clients, settings(run_config).node_wait)
+    info = nodes.info(exp.data.num_clients)
+    if info is None:
+        log.info("bouquet: some nodes did not describe their data; the server builds the experiment's dataset")
+        info = dataset_for_seed(exp, seed).info()
+    return server_job(run_config, info), nodes
+
+
 @serverapp.main()
 def main(grid: Grid, context: Context) -> None:
     """Run one (algorithm, seed) of the experiment named by the run config."""
     _threads(context, "server-threads")
-    job = load_job(dict(context.run_config))
-    strategy = BouquetStrategy(job, on_round=lambda rec: print(RECORD + json.dumps(rec), flush=True))
+    rc = dict(context.run_config)
+    job, nodes = federation_job(grid, rc)
+    strategy = BouquetStrategy(job, on_round=lambda rec: print(RECORD + json.dumps(rec), flush=True), nodes=nodes)
     start = time.perf_counter()
     strategy.start(grid)
     result = run_summary(job, strategy, time.perf_counter() - start)

@@ -17,6 +17,10 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     min-replies  fewest accepted client updates to aggregate a round (else the round is skipped)
     round-timeout  seconds the server waits for replies of one round
     node-wait    seconds the server waits for SuperNodes to connect before the first round
+
+A SuperNode started with ``--node-config "data-dir=DIR"`` serves the clients of its own directory
+(``data.node_dir``) instead of rebuilding the experiment's dataset; the ServerApp builds no dataset when
+every node describes its data in the query handshake (``flower.discovery``).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..checks import ConfigError
+from ..data.federated import DatasetInfo, FederatedDataset
+from ..data.node_dir import NodeData, load_node_dir
 from ..flower.job import FlowerJob, FlowerSettings
-from .config import apply_overrides, load_raw, parse_experiment, resolved_dict, with_run
+from .config import Experiment, apply_overrides, load_raw, parse_experiment, resolved_dict, with_run
 from .experiment import build_algorithm, dataset_for_seed
 
 DEFAULTS: dict[str, Any] = {
@@ -88,8 +96,9 @@ def load_job(run_config: dict) -> FlowerJob:
 
 
 @lru_cache(maxsize=4)
-def _load(key: tuple) -> FlowerJob:
-    config, text, sets, algorithm, seed, *flower = key
+def _experiment(key: tuple) -> tuple[Experiment, str, int]:
+    """The experiment (one seed), the algorithm's name and the seed of a run config key (no data built)."""
+    config, text, sets, algorithm, seed, *_ = key
     if text:
         raw = tomllib.loads(text)
     elif config:
@@ -102,10 +111,59 @@ def _load(key: tuple) -> FlowerJob:
     if name not in exp.algo:
         raise ConfigError(f"algorithm: unknown algorithm {name!r}")
     seed_i = int(seed) if int(seed) >= 0 else exp.run.seeds[0]
-    exp = with_run(exp, seeds=[seed_i])
-    data = dataset_for_seed(exp, seed_i)
-    alg, base = build_algorithm(exp, data, name, seed_i)
-    rc = dict(zip(("out", "min-replies", "round-timeout", "node-wait"), flower, strict=True))
-    return FlowerJob(name=name, seed=seed_i, alg=alg, spec=exp.run.spec(), data=data, base_params=base,
-                     robust=exp.robust, settings=settings(rc), meta={"experiment": resolved_dict(exp),
-                                                                      "name": exp.name})
+    return with_run(exp, seeds=[seed_i]), name, seed_i
+
+
+def experiment_of(run_config: dict) -> tuple[Experiment, str, int]:
+    """(experiment, algorithm, seed) of a run config, parsed once per process."""
+    return _experiment(_key(run_config))
+
+
+def _job(key: tuple, info: DatasetInfo, data: FederatedDataset | None = None,
+         ids: tuple[int, ...] | None = None) -> FlowerJob:
+    exp, name, seed = _experiment(key)
+    alg, base = build_algorithm(exp, info, name, seed)
+    rc = dict(zip(("out", "min-replies", "round-timeout", "node-wait"), key[5:], strict=True))
+    return FlowerJob(name=name, seed=seed, alg=alg, spec=exp.run.spec(), info=info, base_params=base,
+                     robust=exp.robust, settings=settings(rc), data=data, ids=ids,
+                     meta={"experiment": resolved_dict(exp), "name": exp.name})
+
+
+@lru_cache(maxsize=4)
+def _load(key: tuple) -> FlowerJob:
+    exp, _, seed = _experiment(key)
+    data = dataset_for_seed(exp, seed)
+    return _job(key, data.info(), data)
+
+
+def server_job(run_config: dict, info: DatasetInfo) -> FlowerJob:
+    """The ServerApp's job: the experiment's algorithm on the federation the nodes described (no rows)."""
+    return _job(_key(run_config), info)
+
+
+@lru_cache(maxsize=8)
+def node_dir(path: str) -> NodeData:
+    """A SuperNode's own data directory, read once per process."""
+    return load_node_dir(path)
+
+
+def node_job(run_config: dict, path: str, num_clients: int, total_examples: int) -> FlowerJob:
+    """The job of a node serving its own directory, in a federation of ``num_clients`` clients."""
+    return _node_job(_key(run_config), path, num_clients, total_examples)
+
+
+@lru_cache(maxsize=4)
+def _node_job(key: tuple, path: str, num_clients: int, total_examples: int) -> FlowerJob:
+    nd = node_dir(path)
+    if nd.num_clients is not None and nd.num_clients != num_clients:
+        raise ConfigError(f"data-dir: {path} is a partition of {nd.num_clients} clients; the experiment has "
+                          f"{num_clients} (data.num_clients)")
+    if max(nd.ids) >= num_clients:
+        raise ConfigError(f"data-dir: {path} holds client {max(nd.ids)}; the experiment has {num_clients} clients")
+    d = nd.data
+    counts = torch.zeros(3, num_clients, dtype=torch.long)  # train, test, cluster; other nodes' clients: 0
+    for cid, c in zip(nd.ids, d.clients, strict=True):
+        counts[:, cid] = torch.tensor([c.num_train, c.num_test, c.cluster])
+    info = DatasetInfo(d.name, tuple(d.input_shape), d.num_outputs, d.objective, d.num_clusters, counts[0], counts[1],
+                       counts[2], tuple(d.clients[0].y_train.shape[1:]), total_train=total_examples)
+    return _job(key, info, d, nd.ids)

@@ -65,6 +65,15 @@ class FederatedDataset:
     def test_sizes(self) -> Tensor:
         return torch.tensor([c.num_test for c in self.clients], dtype=torch.long)
 
+    def total_train_examples(self) -> int:
+        return int(self.train_sizes().sum())
+
+    def info(self) -> DatasetInfo:
+        """What a server needs of this federation: shapes, sizes and clusters, no rows."""
+        target = tuple(self.clients[0].y_train.shape[1:]) if self.clients else ()
+        return DatasetInfo(self.name, tuple(self.input_shape), self.num_outputs, self.objective, self.num_clusters,
+                           self.train_sizes(), self.test_sizes(), self.clusters, target)
+
     def check(self) -> None:
         """Validate shapes, dtypes, finiteness, label range, split sizes and train/test disjointness; raise DataError.
 
@@ -134,6 +143,48 @@ class FederatedDataset:
             raise DataError(f"dataset {self.name!r}, client {k}: train and test splits share rows (ids overlap)")
         raise DataError(f"dataset {self.name!r}: a test row of one client is a training row of another "
                         "(train and test ids overlap across clients)")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A federation without its rows: what a Flower server learns from the nodes' replies (docs/flower.md).
+
+    Has the attributes of ``FederatedDataset`` that building a model and an algorithm reads (``input_shape``,
+    ``num_outputs``, ``objective``, ``num_clusters``, ``train_sizes()``), so the server never needs data.
+    """
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    objective: Objective
+    num_clusters: int
+    train_counts: Tensor
+    test_counts: Tensor
+    cluster_ids: Tensor
+    target_shape: tuple[int, ...] = ()
+    meta: dict = field(default_factory=dict)
+    #: the federation's training examples when ``train_counts`` holds only some clients' (a node's view)
+    total_train: int | None = None
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.train_counts)
+
+    @property
+    def clusters(self) -> Tensor:
+        return self.cluster_ids
+
+    def train_sizes(self) -> Tensor:
+        return self.train_counts
+
+    def test_sizes(self) -> Tensor:
+        return self.test_counts
+
+    def total_train_examples(self) -> int:
+        return int(self.train_counts.sum()) if self.total_train is None else self.total_train
+
+    def info(self) -> DatasetInfo:
+        return self
 
 
 def _clients(ids: list[int]) -> str:

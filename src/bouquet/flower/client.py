@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from ..data.federated import FederatedDataset
 from ..engine.client_work import evaluate_client, is_finite_update, train_client
+from .discovery import query_content
 from .job import FlowerJob
 from .records import add_client, from_record, match_global, to_record, unflatten_state
 
@@ -31,16 +33,32 @@ def _private(context: Context, job: FlowerJob, cid: int) -> dict[str, torch.Tens
     return job.initial_state(cid)
 
 
-def query_reply(msg: Message, context: Context) -> Message:
-    """Which partition this node serves (the server maps client ids to nodes with it)."""
-    pid, num = partition(context)
-    return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid, "num-partitions": num})}),
-                   reply_to=msg)
+def describe(data: FederatedDataset) -> dict:
+    """The shape of a node's data, as the query reply tells the server (JSON)."""
+    return {"name": data.name, "input_shape": list(data.input_shape), "num_outputs": data.num_outputs,
+            "objective": data.objective, "num_clusters": data.num_clusters,
+            "target_shape": list(data.clients[0].y_train.shape[1:])}
+
+
+def query_reply(msg: Message, context: Context, data: FederatedDataset, ids: tuple[int, ...] | None = None,
+                part: tuple[int, int] | None = None) -> Message:
+    """Which clients this node serves, their sizes and clusters, and the shape of its data: the server maps
+    clients to nodes and describes the federation with it. ``ids``: federation ids of ``data.clients`` (a node
+    directory); None: ``data`` is the whole federation and the node serves the ids ``k`` with ``k mod N == i``."""
+    pid, num = partition(context) if part is None else part
+    if ids is None:
+        ids = tuple(range(data.num_clients))
+        served = [(k, data.clients[k]) for k in ids if k % num == pid]
+    else:
+        served = list(zip(ids, data.clients, strict=True))
+    clients = {cid: (c.num_train, c.num_test, c.cluster) for cid, c in served}
+    return Message(query_content(pid, num, clients, describe(data)), reply_to=msg)
 
 
 def _stock(msg: Message, context: Context, job: FlowerJob) -> tuple[int, dict[str, torch.Tensor], dict[str, str]]:
     """A Flower-convention message: (this node's client id, the payload, payload key -> message key)."""
-    cid = partition(context)[0]
+    ids = job.local_ids
+    cid = ids[0] if job.ids is not None and len(ids) == 1 else partition(context)[0]
     if not 0 <= cid < job.num_clients:
         raise ValueError(f"bouquet: error: partition-id {cid} is not a client of the experiment "
                          f"({job.num_clients} clients)")

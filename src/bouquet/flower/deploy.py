@@ -158,12 +158,13 @@ class LocalFederation:
     """A SuperLink (deployment or simulation runtime) and N SuperNodes on 127.0.0.1."""
 
     def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
-                 tls: TLSFiles | None = None, startup_timeout: float = 60.0):
+                 tls: TLSFiles | None = None, startup_timeout: float = 60.0,
+                 node_configs: list[dict] | None = None):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
         self.num_supernodes, self.simulation, self.tls = num_supernodes, simulation, tls
-        self.startup_timeout = startup_timeout
+        self.startup_timeout, self.node_configs = startup_timeout, node_configs or []
         self.port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
@@ -220,13 +221,19 @@ class LocalFederation:
             self.add_supernode(i, self.num_supernodes)
         return self
 
-    def add_supernode(self, partition_id: int, num_partitions: int) -> subprocess.Popen:
-        """Start one SuperNode serving ``partition_id`` (its own free ClientAppIo/runtime port)."""
+    def add_supernode(self, partition_id: int, num_partitions: int, index: int | None = None) -> subprocess.Popen:
+        """Start one SuperNode serving ``partition_id`` (its own free ClientAppIo/runtime port); with
+        ``node_configs``, its entry (e.g. ``data-dir``) is added to the node config. ``index`` replaces the
+        SuperNode of that index (a restart)."""
+        extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
+        config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
         args = [_bin("flower-supernode"), *self._security(False), "--superlink", self.address,
-                "--port", str(free_port()),
-                "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}"]
+                "--port", str(free_port()), "--node-config", _config_args(config)]
         proc = self._spawn(f"supernode-{partition_id}", args)
-        self.supernodes.append(proc)
+        if index is None:
+            self.supernodes.append(proc)
+        else:
+            self.supernodes[index] = proc
         return proc
 
     def kill_supernode(self, index: int) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -26,76 +25,57 @@ from ..engine.evaluation import ClientScores, summarize
 from ..engine.rounds import ClientResults, RoundDriver
 from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
+from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
 from .records import flatten_state, from_record, split_clients, to_record
 
 log = logging.getLogger("bouquet.flower")
-
-
-class NodeDiscoveryError(RuntimeError):
-    """Not every partition of the federation has a connected SuperNode."""
+__all__ = ["BouquetStrategy", "NodeDiscoveryError"]
 
 
 class BouquetStrategy(Strategy):
     """One ``FlowerJob`` over a Flower ``Grid``; ``log.records`` holds one record per round (simulator keys)."""
 
-    def __init__(self, job: FlowerJob, on_round: Callable[[dict], None] | None = None):
+    def __init__(self, job: FlowerJob, on_round: Callable[[dict], None] | None = None, nodes: Nodes | None = None):
         self.job, self.on_round = job, on_round
-        alg = job.alg
-        self.driver = RoundDriver(alg, job.data.train_sizes(), clients_per_round=job.spec.clients_per_round,
+        alg, info = job.alg, job.info
+        self.driver = RoundDriver(alg, info.train_sizes(), clients_per_round=job.spec.clients_per_round,
                                   seed=job.seed, robust=job.robust, min_accepted=job.settings.min_replies)
-        start = self.driver.init_state(job.data.clusters)
+        start = self.driver.init_state(info.clusters)
         first = {k: v[0] for k, v in start.clients.items()}
         # What a correct upload looks like, from the algorithm on one synthetic example (no client data).
-        example = example_batch(job.data.input_shape, job.data.objective, job.data.clients[0].y_train.shape[1:])
+        example = example_batch(info.input_shape, info.objective, info.target_shape)
         self.expected = upload_spec(alg, alg.broadcast(start.server), first, example)
         self.counts = param_counts(alg, start, job.base_params)
         self.state = start
         self.state.clients = {}  # the server never holds client states: they live on the SuperNodes
         self.log = RunLog(metric_name(alg.objective))
-        self.node_of: dict[int, int] = {}  # client id -> node id
-        self.partitions: dict[int, int] = {}  # node id -> partition id
+        self.nodes = nodes if nodes is not None else Nodes()  # client -> node; stock Flower ClientApps
         self.received_keys: set[str] = set()
-        self.stock: set[int] = set()  # nodes without a query handler: stock Flower ClientApps
         self._round: dict = {}
         self._sent: dict[int, list[int]] = {}  # node -> the clients its last message named
 
     # -- nodes ---------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> dict[int, int]:
-        """Map every client id to the node serving its partition (``partition-id`` = id mod partitions).
+        """Map every client id to the node serving it (the query handshake, ``discovery.discover``)."""
+        self.nodes = discover(grid, self.job.num_clients, self.job.settings.node_wait)
+        return self.nodes.node_of
 
-        A node whose ClientApp has no query handler (a stock Flower ClientApp answers with an error) takes a
-        partition no other node claimed, in node-id order; with no bouquet node at all, one client per node.
-        """
-        wait = self.job.settings.node_wait
-        deadline, partitions, stock, num = time.monotonic() + wait, {}, [], None
-        while time.monotonic() < deadline:
-            nodes = [n for n in grid.get_node_ids() if n not in partitions.values() and n not in stock]
-            if nodes:
-                msgs = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n,
-                                message_type=MessageType.QUERY) for n in nodes]
-                for rep in grid.send_and_receive(msgs, timeout=min(60.0, wait)):
-                    if not rep.has_error():
-                        m = rep.content["metrics"]
-                        partitions[int(m["partition-id"])] = rep.metadata.src_node_id
-                        num = int(m["num-partitions"])
-                    elif rep.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION:
-                        stock.append(rep.metadata.src_node_id)
-            free = [p for p in range(self.job.num_clients if num is None else num) if p not in partitions]
-            if len(stock) >= len(free) and (partitions or stock):
-                break
-            time.sleep(0.5)
-        else:
-            raise NodeDiscoveryError(f"partitions {sorted(partitions)} of {num} reachable (and {len(stock)} nodes "
-                                     f"without a query handler) after {wait:.0f}s (node-wait)")
-        partitions.update(zip(free, sorted(stock), strict=False))
-        self.stock = set(sorted(stock)[:len(free)])
-        num = len(partitions) if num is None else num
-        self.node_of = {cid: partitions[cid % num] for cid in range(self.job.num_clients)}
-        self.partitions = {node: p for p, node in partitions.items()}
-        log.info("bouquet: %d clients on %d SuperNodes (%d stock Flower ClientApps)", len(self.node_of), num,
-                 len(self.stock))
-        return self.node_of
+    @property
+    def node_of(self) -> dict[int, int]:
+        return self.nodes.node_of
+
+    @property
+    def partitions(self) -> dict[int, int]:
+        return self.nodes.partitions
+
+    @property
+    def stock(self) -> set[int]:
+        return self.nodes.stock
+
+    def _federation(self) -> dict:
+        """What every message tells a node of the federation (its size, for a node with its own data)."""
+        return {"num-clients": self.job.num_clients, "total-examples": int(self.job.info.train_sizes().sum())}
 
     def _messages(self, clients: Iterable[int], content: dict, config: dict, kind: str,
                   stock: dict | None = None) -> list[Message]:
@@ -103,7 +83,7 @@ class BouquetStrategy(Strategy):
         for cid in clients:
             by_node.setdefault(self.node_of[cid], []).append(cid)
         self._sent = by_node
-        return [Message(RecordDict({**(stock if stock is not None and node in self.stock else content),
+        return [Message(RecordDict({**(stock if stock is not None and node in self.nodes.stock else content),
                                     "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
                         message_type=kind) for node, cs in by_node.items()]
 
@@ -113,10 +93,12 @@ class BouquetStrategy(Strategy):
         """One message per node serving sampled clients, carrying ``alg.broadcast(server)``."""
         if not self.node_of:
             self.discover(grid)
+        else:
+            rejoin(grid, self.nodes)
         ids, sampler = self.driver.sample(self.state)
         payload = self.job.alg.broadcast(self.state.server)
         self._round = {"start": time.perf_counter(), "ids": ids, "sampler": sampler, "payload": payload}
-        cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist()}
+        cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation()}
         return self._messages(ids.tolist(), {"arrays": to_record(payload)}, cfg, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
@@ -194,7 +176,7 @@ class BouquetStrategy(Strategy):
             return []
         tensors, other = flatten_state(self.state.server)
         content = {"arrays": to_record(tensors), "server": ConfigRecord(other)}
-        cfg = {**dict(config), "server-round": server_round}
+        cfg = {**dict(config), "server-round": server_round, **self._federation()}
         stock = {"arrays": to_record(self.job.alg.broadcast(self.state.server))}  # the plain global model
         return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)
 
@@ -240,7 +222,7 @@ class BouquetStrategy(Strategy):
         missing = [c for c in range(num) if c not in seen]
         if len(missing) == num:
             return None
-        ev = summarize(ClientScores(score, loss, n), self.job.data.clusters)
+        ev = summarize(ClientScores(score, loss, n), self.job.info.clusters)
         if missing:
             log.warning("bouquet: round %d: no evaluation from clients %s", server_round, missing)
             ev["per_client"] = [None if c in missing else v for c, v in enumerate(ev["per_client"])]
