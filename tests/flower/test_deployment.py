@@ -2,6 +2,7 @@
 with the simulation runtime. Slow (every ClientApp message starts a Python process), so few rounds."""
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -10,14 +11,15 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from flowerkit import SMALL
+from flowerkit import SMALL, idx_experiment
 
 from bouquet.algorithms import ALGORITHMS
 from bouquet.app.config import parse_experiment, with_run
-from bouquet.app.experiment import data_for_seed
+from bouquet.app.experiment import data_for_seed, dataset_for_seed
 from bouquet.app.flower_run import parse_output, write_app
 from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
+from bouquet.data.node_dir import write_node_dirs
 from bouquet.flower.deploy import LocalFederation, make_tls
 
 pytestmark = pytest.mark.flower
@@ -85,6 +87,24 @@ def test_floral_on_three_supernodes_matches_the_local_engine(federation, tmp_pat
     lines = (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["train_loss"] for line in lines] == [r["train_loss"] for r in records]
     assert FLORAL in json.loads((tmp_path / "out" / "summary.json").read_text())["algorithms"]
+
+
+def test_floral_on_nodes_with_their_own_data_and_a_server_without_data(tmp_path):
+    """Acceptance (issue 17): 3 SuperNodes, each with its own data directory (``bouquet partition``); the
+    experiment's data path is deleted before the run, so the ServerApp cannot build the dataset."""
+    text = idx_experiment(tmp_path / "mnist")
+    exp = parse_experiment(tomllib.loads(text))
+    data = dataset_for_seed(exp, 0)
+    local = run_one(with_run(exp, seeds=[0]), data, "floral", 0)[1]
+    dirs = write_node_dirs(data, tmp_path / "nodes", 3)
+    shutil.rmtree(tmp_path / "mnist")
+    run_config = {"experiment": text, "algorithm": "floral", "seed": 0, "round-timeout": 600.0}
+    with LocalFederation(tmp_path / "fed", 3, node_configs=[{"data-dir": str(d)} for d in dirs]) as fed:
+        res = fed.run_app(write_app(tmp_path / "app", run_config), timeout=900)
+    records, summary = parse_output(res.stdout)
+    assert summary is not None, res.stdout[-3000:]
+    assert_same_metrics(records, local)
+    assert len(set(records[0]["nodes"].values())) == 3
 
 
 def load_private_keys(algorithm: str) -> tuple[str, ...]:

@@ -19,14 +19,16 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from ..engine.checkpoint import CheckpointDir
 from ..engine.summary import aggregate_seeds, summary
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from ..flower.client import evaluate_reply, query_reply, train_reply
 from ..flower.discovery import discover
 from ..flower.job import FlowerJob
+from ..flower.node_state import store_for
 from ..flower.strategy import BouquetStrategy
 from .experiment import dataset_for_seed
-from .flower_job import experiment_of, load_job, node_dir, node_job, server_job, settings
+from .flower_job import experiment_of, load_job, node_dir, node_job, run_name, server_job, settings
 
 RECORD, SUMMARY, FAILURE = "bouquet-record ", "bouquet-summary ", "bouquet-failure "
 log = logging.getLogger("bouquet.flower")
@@ -70,13 +72,15 @@ def _query(msg: Message, context: Context) -> Message:
 @clientapp.train()
 def _train(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
-    return train_reply(msg, context, client_job(msg, context))
+    return train_reply(msg, context, client_job(msg, context),
+                       store_for(context, run_name(dict(context.run_config))))
 
 
 @clientapp.evaluate()
 def _evaluate(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
-    return evaluate_reply(msg, context, client_job(msg, context))
+    return evaluate_reply(msg, context, client_job(msg, context),
+                          store_for(context, run_name(dict(context.run_config))))
 
 
 class RunFailedError(RuntimeError):
@@ -130,13 +134,50 @@ def federation_job(grid: Grid, run_config: dict):
     return server_job(run_config, info), nodes
 
 
+def _checkpoints(run_config: dict) -> tuple[CheckpointDir | None, str, str]:
+    """The server's checkpoint directory (``checkpoint-dir``), its file tag and the run's name (a stamp)."""
+    _, name, seed = experiment_of(run_config)
+    where = str(run_config.get("checkpoint-dir", ""))
+    run = run_name(run_config)
+    return (CheckpointDir(where, stamp={"run": run}) if where else None), f"{name}-seed{seed}", run
+
+
+def _say(kind: str, obj: dict) -> None:
+    print(kind + json.dumps(obj), flush=True)
+
+
 @serverapp.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run one (algorithm, seed) of the experiment named by the run config."""
+    """Run one (algorithm, seed) of the experiment named by the run config, from its latest server checkpoint
+    when ``checkpoint-dir`` holds one (a resumed run: the records before it are printed again)."""
     _threads(context, "server-threads")
     rc = dict(context.run_config)
+    ckpt, tag, run = _checkpoints(rc)
+    snap = None
+    if ckpt is not None:
+        ckpt.remove_temporaries()
+        found = ckpt.latest(tag, check=lambda c: None if c.get("run") == run else "a checkpoint of another run")
+        snap = found[0] if found is not None else None
+    if snap is not None and snap.get("finished"):  # nothing left to compute
+        for rec in snap["records"]:
+            _say(RECORD, rec)
+        _say(SUMMARY, snap["summary"])
+        return
     job, nodes = federation_job(grid, rc)
-    strategy = BouquetStrategy(job, on_round=lambda rec: print(RECORD + json.dumps(rec), flush=True), nodes=nodes)
+    every = int(experiment_of(rc)[0].run.checkpoint_every)
+
+    def on_round(rec: dict) -> None:
+        _say(RECORD, rec)
+        if ckpt is not None and every and rec["round"] % every == 0 and rec["round"] < job.spec.rounds:
+            ckpt.save(tag, rec["round"], {**strategy.snapshot(), "finished": False})
+            strategy.checkpointed = rec["round"]
+
+    strategy = BouquetStrategy(job, on_round=on_round, nodes=nodes)
+    if snap is not None:
+        strategy.restore(snap)
+        log.info("bouquet: resuming %s after round %d (%s)", tag, strategy.offset, ckpt.dir if ckpt else "")
+        for rec in strategy.log.records:
+            _say(RECORD, rec)
     start = time.perf_counter()
     strategy.start(grid)
     result = run_summary(job, strategy, time.perf_counter() - start)
@@ -146,4 +187,6 @@ def main(grid: Grid, context: Context) -> None:
     if why is not None:  # a non-zero exit and the reason in one line (our CLI reads the line)
         print(FAILURE + why, flush=True)
         raise RunFailedError(f"bouquet: error: {why}")
-    print(SUMMARY + json.dumps(result), flush=True)
+    if ckpt is not None:
+        ckpt.save(tag, job.spec.rounds, {**strategy.snapshot(), "finished": True, "summary": result})
+    _say(SUMMARY, result)

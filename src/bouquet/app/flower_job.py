@@ -17,6 +17,8 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     min-replies  fewest accepted client updates to aggregate a round (else the round is skipped)
     round-timeout  seconds the server waits for replies of one round
     node-wait    seconds the server waits for SuperNodes to connect before the first round
+    checkpoint-dir  where the ServerApp saves its state every ``run.checkpoint_every`` rounds and resumes from
+    node-state-dir  where nodes without a ``state-dir`` node config keep their clients' states (per partition)
 
 A SuperNode started with ``--node-config "data-dir=DIR"`` serves the clients of its own directory
 (``data.node_dir``) instead of rebuilding the experiment's dataset; the ServerApp builds no dataset when
@@ -25,6 +27,8 @@ every node describes its data in the query handshake (``flower.discovery``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import tomllib
 from functools import lru_cache
@@ -50,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "min-replies": 1,
     "round-timeout": 600.0,
     "node-wait": 120.0,
+    "checkpoint-dir": "",
+    "node-state-dir": "",
 }
 #: ``[tool.flwr.app.config]`` of pyproject.toml: what a run config without ``config`` or ``experiment`` (e.g.
 #: Flower's ``run_simulation`` with none) starts from (tests keep the two equal)
@@ -117,6 +123,15 @@ def _experiment(key: tuple) -> tuple[Experiment, str, int]:
 def experiment_of(run_config: dict) -> tuple[Experiment, str, int]:
     """(experiment, algorithm, seed) of a run config, parsed once per process."""
     return _experiment(_key(run_config))
+
+
+def run_name(run_config: dict) -> str:
+    """A name of the run's (experiment, algorithm, seed), the same in a resumed Flower run: a node's state
+    directory keeps each run's client states under it."""
+    exp, name, seed = experiment_of(run_config)
+    blob = json.dumps({"experiment": resolved_dict(exp), "algorithm": name, "seed": seed}, sort_keys=True,
+                      default=str)
+    return f"{name}-seed{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
 def _job(key: tuple, info: DatasetInfo, data: FederatedDataset | None = None,

@@ -3,9 +3,9 @@
 Messages name the clients they are for (``config["clients"]``), so one SuperNode can serve several
 partitions. A message without ``clients`` follows Flower's convention (stock ``FedAvg``): ``arrays`` is the
 plain global model and the node trains its partition as one client (FedAvg-family methods only). Each
-client's private state (router, local adaptor, head...) lives in ``Context.state`` under ``c<id>`` and never
-leaves the node; replies carry only the algorithm's upload. The work itself is ``engine.client_work``: the
-simulator's client loop, one client at a time.
+client's private state (router, local adaptor, head...) lives in ``Context.state`` under ``c<id>``, or in the
+node's state directory (``node_state``), and never leaves the node; replies carry only the algorithm's upload.
+The work itself is ``engine.client_work``: the simulator's client loop, one client at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from ..data.federated import FederatedDataset
 from ..engine.client_work import evaluate_client, is_finite_update, train_client
 from .discovery import query_content
 from .job import FlowerJob
+from .node_state import ContextStore, DirStore
 from .records import add_client, from_record, match_global, to_record, unflatten_state
+
+Store = ContextStore | DirStore
 
 
 def partition(context: Context) -> tuple[int, int]:
@@ -26,11 +29,10 @@ def partition(context: Context) -> tuple[int, int]:
     return int(nc.get("partition-id", 0)), int(nc.get("num-partitions", 1))
 
 
-def _private(context: Context, job: FlowerJob, cid: int) -> dict[str, torch.Tensor]:
-    key = f"c{cid}"
-    if key in context.state:
-        return from_record(context.state[key])
-    return job.initial_state(cid)
+def _private(store: Store, job: FlowerJob, cid: int, before: int) -> tuple[dict[str, torch.Tensor], int]:
+    """Client ``cid``'s private state to start round ``before`` from, and the round that wrote it (0: initial)."""
+    got = store.get(cid, before)
+    return got if got is not None else (job.initial_state(cid), 0)
 
 
 def describe(data: FederatedDataset) -> dict:
@@ -67,20 +69,22 @@ def _stock(msg: Message, context: Context, job: FlowerJob) -> tuple[int, dict[st
     return cid, {k: incoming[src] for k, src in names.items()}, names
 
 
-def _train_one(context: Context, job: FlowerJob, cid: int, payload: dict[str, torch.Tensor],
-               rnd: int) -> tuple[dict[str, torch.Tensor], float, int]:
+def _train_one(store: Store, job: FlowerJob, cid: int, payload: dict[str, torch.Tensor],
+               rnd: int, keep_from: int) -> tuple[dict[str, torch.Tensor], float, int]:
     """Client ``cid``'s round: (upload, loss, n_k); its new private state is kept only for a finite update,
     as the simulator keeps a rejected client's old state."""
+    private, origin = _private(store, job, cid, rnd)
     upload, new_private, loss, n = train_client(job.alg, job.spec, job.seed, job.client_rows(cid)[0], cid, payload,
-                                                _private(context, job, cid), rnd)
+                                                private, rnd)
     if is_finite_update(upload, loss):
-        context.state[f"c{cid}"] = to_record(new_private)
+        store.put(cid, rnd, new_private, origin, keep_from)
     return upload, loss, n
 
 
-def _stock_train(msg: Message, context: Context, job: FlowerJob) -> Message:
+def _stock_train(msg: Message, context: Context, job: FlowerJob, store: Store) -> Message:
     cid, payload, names = _stock(msg, context, job)
-    upload, loss, n = _train_one(context, job, cid, payload, int(msg.content["config"]["server-round"]))
+    rnd = int(msg.content["config"]["server-round"])
+    upload, loss, n = _train_one(store, job, cid, payload, rnd, rnd - 1)
     if set(upload) != set(names):
         raise ValueError(f"bouquet: error: {job.name} does not upload the global model; Flower's stock strategies "
                          "work with the FedAvg-family methods only")
@@ -89,18 +93,21 @@ def _stock_train(msg: Message, context: Context, job: FlowerJob) -> Message:
                    reply_to=msg)
 
 
-def train_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
-    """Local training of every client named in the message; uploads prefixed ``c<id>/``."""
+def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:
+    """Local training of every client named in the message; uploads prefixed ``c<id>/``. Private states
+    live in ``store`` (default: ``Context.state``)."""
+    store = ContextStore(context) if store is None else store
     cfg = msg.content["config"]
     if "clients" not in cfg:
-        return _stock_train(msg, context, job)
+        return _stock_train(msg, context, job, store)
     payload = from_record(msg.content["arrays"])
     rnd = int(cfg["server-round"])
+    keep_from = int(cfg.get("checkpoint-round", rnd - 1))
     uploads: dict[str, torch.Tensor] = {}
     metrics: dict[str, float | int] = {}
     total = 0
     for cid in list(cfg["clients"]):
-        upload, loss, n = _train_one(context, job, cid, payload, rnd)
+        upload, loss, n = _train_one(store, job, cid, payload, rnd, keep_from)
         uploads.update(add_client(upload, cid))
         metrics[f"c{cid}/loss"] = loss
         metrics[f"c{cid}/num-examples"] = n
@@ -109,14 +116,16 @@ def train_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
     return Message(RecordDict({"arrays": to_record(uploads), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
-def evaluate_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
+def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:
     """Every named client's personalized model on its own test split."""
+    store = ContextStore(context) if store is None else store
     cfg = msg.content["config"]
     if "clients" not in cfg:  # Flower's convention: the plain global model, this node's partition
         cid, payload, _ = _stock(msg, context, job)
         train, test = job.client_rows(cid)
+        rnd = int(cfg["server-round"])
         score, loss, n = evaluate_client(job.alg, job.spec, job.seed, train, test, {"params": payload},
-                                         _private(context, job, cid), cid, int(cfg["server-round"]))
+                                         _private(store, job, cid, rnd + 1)[0], cid, rnd)
         return Message(RecordDict({"metrics": MetricRecord({"eval_loss": loss, "eval_score": score,
                                                             "num-examples": n})}), reply_to=msg)
     other = msg.content.get("server")
@@ -126,7 +135,7 @@ def evaluate_reply(msg: Message, context: Context, job: FlowerJob) -> Message:
     for cid in list(cfg["clients"]):
         train, test = job.client_rows(cid)
         score, loss, n = evaluate_client(job.alg, job.spec, job.seed, train, test, server,
-                                         _private(context, job, cid), cid, rnd)
+                                         _private(store, job, cid, rnd + 1)[0], cid, rnd)
         metrics[f"c{cid}/score"] = score
         metrics[f"c{cid}/loss"] = loss
         metrics[f"c{cid}/num-examples"] = n

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import fields
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -22,7 +23,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from ..algorithms import payload_nbytes
 from ..engine.evaluation import ClientScores, summarize
-from ..engine.rounds import ClientResults, RoundDriver
+from ..engine.rounds import ClientResults, RoundDriver, RunState
 from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
 from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
@@ -52,6 +53,8 @@ class BouquetStrategy(Strategy):
         self.log = RunLog(metric_name(alg.objective))
         self.nodes = nodes if nodes is not None else Nodes()  # client -> node; stock Flower ClientApps
         self.received_keys: set[str] = set()
+        self.offset = 0  # rounds done before this ServerApp started (a resumed run)
+        self.checkpointed = -1  # round of the last server checkpoint (-1: none; nodes keep one state version)
         self._round: dict = {}
         self._sent: dict[int, list[int]] = {}  # node -> the clients its last message named
 
@@ -91,6 +94,7 @@ class BouquetStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         """One message per node serving sampled clients, carrying ``alg.broadcast(server)``."""
+        server_round += self.offset  # a resumed run goes on with its own round numbers
         if not self.node_of:
             self.discover(grid)
         else:
@@ -98,12 +102,14 @@ class BouquetStrategy(Strategy):
         ids, sampler = self.driver.sample(self.state)
         payload = self.job.alg.broadcast(self.state.server)
         self._round = {"start": time.perf_counter(), "ids": ids, "sampler": sampler, "payload": payload}
-        cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation()}
+        cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation(),
+               "checkpoint-round": self.checkpointed if self.checkpointed >= 0 else server_round - 1}
         return self._messages(ids.tolist(), {"arrays": to_record(payload)}, cfg, MessageType.TRAIN)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Check and stack each client's upload, then the driver screens, aggregates and records."""
+        server_round += self.offset  # a resumed run goes on with its own round numbers
         sampled = self._round["ids"].tolist()
         uploads, losses, nodes = self._collect(server_round, replies, sampled)
         usable, refused = [], {}
@@ -172,6 +178,7 @@ class BouquetStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """At evaluation rounds, every node scores all its clients; the flattened server state goes along."""
+        server_round += self.offset  # a resumed run goes on with its own round numbers
         if not self.job.spec.is_eval_round(server_round):
             return []
         tensors, other = flatten_state(self.state.server)
@@ -182,6 +189,7 @@ class BouquetStrategy(Strategy):
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """``summarize`` over every client that answered (the others are ``missing``); closes the round."""
+        server_round += self.offset  # a resumed run goes on with its own round numbers
         record = self._round.pop("record")
         out = None
         if self.job.spec.is_eval_round(server_round):
@@ -242,8 +250,23 @@ class BouquetStrategy(Strategy):
         if initial_arrays is not None and len(initial_arrays):
             self._set_initial(from_record(initial_arrays))
         arrays = to_record(self.job.alg.broadcast(self.state.server))
-        return super().start(grid, arrays, num_rounds or self.job.spec.rounds,
-                             timeout or self.job.settings.round_timeout, train_config, evaluate_config, evaluate_fn)
+        remaining = (num_rounds or self.job.spec.rounds) - self.offset
+        return super().start(grid, arrays, remaining, timeout or self.job.settings.round_timeout, train_config,
+                             evaluate_config, evaluate_fn)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        """The server's state after the last round: what a server checkpoint holds (no client state)."""
+        return {"round": self.state.round, "state": {f.name: getattr(self.state, f.name) for f in fields(self.state)},
+                **self.log.snapshot(), "records": list(self.log.records), "received_keys": sorted(self.received_keys)}
+
+    def restore(self, snap: dict) -> None:
+        """Continue from ``snapshot()``: rounds ``snap["round"] + 1`` onwards (initial arrays are then ignored)."""
+        self.state = RunState(**snap["state"])
+        self.log = RunLog.restore(self.log.metric, snap, keep=True)
+        self.log.records = list(snap["records"])
+        self.received_keys = set(snap["received_keys"])
+        self.offset = self.checkpointed = self.state.round
 
     def _set_initial(self, params: dict[str, torch.Tensor]) -> None:
         current = self.state.server["params"]
