@@ -20,7 +20,7 @@ from bouquet.app.flower_run import parse_output, write_app
 from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
 from bouquet.data.node_dir import write_node_dirs
-from bouquet.flower.deploy import LocalFederation, make_tls
+from bouquet.flower.deploy import LocalFederation, make_node_keys, make_tls
 
 pytestmark = pytest.mark.flower
 
@@ -161,6 +161,30 @@ def test_tls_deployment_through_the_cli(tmp_path):
     assert_same_metrics(records, local_records(config.read_text(), "fedavg"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == "flower" and summary["algorithms"]["fedavg"]["per_seed"][0]["rounds"] == 1
+
+
+def test_tls_and_supernode_authentication_refuse_an_unknown_node(tmp_path):
+    """TLS and node key pairs: two registered SuperNodes run the federation; a third, whose public key was
+    never registered, is refused by the SuperLink and never receives a message."""
+    tls = make_tls(tmp_path / "certs")
+    known, unknown = make_node_keys(tmp_path / "keys", 2), make_node_keys(tmp_path / "stranger", 1)[0]
+    text = SMALL.replace("rounds = 3", "rounds = 1")
+    with LocalFederation(tmp_path / "fed", 2, tls=tls, node_keys=known) as fed:
+        stranger = fed.add_supernode(5, 6, key=unknown)
+        res = fed.run_app(write_app(tmp_path / "app", {"experiment": text, "algorithm": "fedavg", "seed": 0}),
+                          timeout=900)
+        assert "--enable-supernode-auth" in " ".join(fed.superlink.args)
+        assert all("--auth-supernode-private-key" in " ".join(p.args) for p in fed.supernodes)
+        stranger_log = (fed.logs / "supernode-5.log").read_text()
+        stranger_alive = stranger.poll() is None
+    records, summary = parse_output(res.stdout)
+    assert summary is not None, res.stdout[-3000:]
+    assert sorted(summary["flower"]["partition_of_node"].values()) == [0, 1]  # the stranger took no part
+    assert "Receiving:" not in stranger_log, stranger_log[-2000:]
+    assert not stranger_alive or "rror" in stranger_log or "denied" in stranger_log.lower(), stranger_log[-2000:]
+    # no key file's content ever reached the server: it received model arrays and metrics only
+    assert all(k.startswith(("metrics:", "model.", "params")) or "." in k for k in summary["flower"]["received_keys"])
+    assert_same_metrics(records, local_records(text, "fedavg"))
 
 
 def test_flwr_run_dot_with_the_simulation_runtime(tmp_path):

@@ -11,7 +11,8 @@ from flwr.app import Context, RecordDict
 
 from bouquet.app.config import parse_experiment, with_run
 from bouquet.app.experiment import dataset_for_seed
-from bouquet.app.flower_apps import clientapp, main as server_main
+from bouquet.app.flower_apps import clientapp
+from bouquet.app.flower_apps import main as server_main
 from bouquet.app.runner import run_one
 from bouquet.data.node_dir import write_node_dirs
 

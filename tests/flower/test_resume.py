@@ -2,15 +2,26 @@
 checkpoint and a new one resuming from it give the uninterrupted run's records; a node's state files."""
 
 import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 from flowerkit import SMALL, LoopbackGrid
 from flwr.app import Context, RecordDict
 
+from bouquet.app.config import parse_experiment, with_run
+from bouquet.app.experiment import data_for_seed
 from bouquet.app.flower_apps import RECORD, SUMMARY, clientapp
 from bouquet.app.flower_apps import main as server_main
+from bouquet.app.runner import run_one
+from bouquet.data import build_dataset
+from bouquet.flower.deploy import LocalFederation
 from bouquet.flower.node_state import DirStore, latest_states
+
 
 def experiment(rounds: int = 6) -> str:
     text = SMALL.replace("rounds = 3", f"rounds = {rounds}\ncheckpoint_every = 2")
@@ -30,7 +41,7 @@ class Stop(Exception):
 
 
 def test_a_server_killed_in_round_three_resumes_to_the_same_metrics(tmp_path, capsys):
-    rc = {"experiment": experiment(), "algorithm": "floral", "seed": 0, "node-wait": 5.0}
+    rc = {"experiment": experiment(), "algorithm": "floral", "seed": 0, "node-wait": 5.0, "run-id": "r"}
     base, _ = serve(LoopbackGrid(clientapp, rc, 3), rc, capsys)
     states = [{"state-dir": str(tmp_path / f"node-{i}"), "partition-id": i, "num-partitions": 3} for i in range(3)]
     rc = {**rc, "checkpoint-dir": str(tmp_path / "ckpt")}
@@ -69,3 +80,61 @@ def test_node_state_directory_keeps_versions_and_exports_the_newest(tmp_path):
     assert torch.equal(latest_states(tmp_path)[0]["router"], torch.zeros(2))
     (tmp_path / "c0-r0000003.ckpt").write_bytes(b"torn")
     assert store.get(0, before=9)[1] == 2  # a corrupt file falls back to the previous version
+
+
+def _train_messages(fed) -> int:
+    return sum(p.read_text().count("Receiving: train message") for p in fed.logs.glob("supernode-*.log"))
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+@pytest.mark.flower
+def test_killed_superlink_and_supernode_resume_to_the_uninterrupted_metrics(tmp_path):
+    """Acceptance (issue 17): the SuperLink (with its ServerApp) is killed in round 3 of 6, so is SuperNode 2;
+    both restart (node 2 with its state directory) and ``bouquet run --resume`` ends with the metrics of an
+    uninterrupted run: the server continued from its round-2 checkpoint, node 2 with its clients' routers."""
+    text = experiment()
+    config = tmp_path / "six.toml"
+    config.write_text(text)
+    exp = parse_experiment(tomllib.loads(text))
+    local = run_one(with_run(exp, seeds=[0]), build_dataset(data_for_seed(exp, 0)), "floral", 0)[1]
+    states = [{"state-dir": str(tmp_path / "state" / f"node-{i}")} for i in range(3)]
+    run = tmp_path / "run"
+    bouquet = str(Path(sys.executable).parent / "bouquet")
+    with LocalFederation(tmp_path / "fed", 3, node_configs=states) as fed:
+        cmd = [bouquet, "run", str(config), "--engine", "flower", "--superlink", fed.address, "--out", str(run),
+               "--no-progress"]
+        with open(tmp_path / "first.log", "wb") as out:
+            first = subprocess.Popen(cmd, env=fed.env(), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait(lambda: (run / "checkpoints" / "floral-seed0-r0000002.ckpt").is_file(), 600, "no round-2 checkpoint")
+            seen = _train_messages(fed)
+            _wait(lambda: _train_messages(fed) > seen, 120, "round 3 did not start")
+            fed.kill_superlink()
+            fed.kill_supernode(2)
+            assert first.wait(timeout=120) != 0
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert not (run / "summary.json").is_file() or "floral" not in (run / "summary.json").read_text()
+        fed.start_superlink()
+        fed.add_supernode(2, 3, index=2)
+        res = subprocess.run([bouquet, "run", "--resume", str(run), "--no-progress"], env=fed.env(),
+                             capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == list(range(1, 7))
+    for f, lo in zip(records, local, strict=True):
+        assert f["clients"] == lo["clients"]
+        assert f["train_loss"] == pytest.approx(lo["train_loss"], abs=1e-4)
+        assert f["eval"]["per_client"] == pytest.approx(lo["eval"]["per_client"], abs=1e-4)
+    # node 2 (clients 2 and 5) went on from the routers it had saved before it was killed
+    store = DirStore(next((tmp_path / "state" / "node-2").iterdir()))
+    later = [store.read(c, r)["origin"] for c in (2, 5) for r in store.versions(c) if r >= 3]
+    assert later and any(o >= 1 for o in later)

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR from its "
                      "latest valid checkpoint (its config.toml is used; no CONFIG, --set, --algorithms, --seeds, "
-                     "--out, --engine or --superlink)")
+                     "--out or --engine; --superlink: another SuperLink for a Flower run)")
     run.add_argument("--allow-config-change", metavar="KEYS", help="with --resume: accept these edited keys of "
                      "config.toml (comma list of run.rounds, run.eval_every, run.checkpoint_every, run.threads)")
     run.add_argument("--engine", choices=["local", "flower-sim", "flower"],
@@ -103,13 +103,13 @@ def _cmd_partition(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
         given = [o for o, v in (("CONFIG", args.config), ("--set", args.overrides), ("--algorithms", args.algorithms),
-                                ("--seeds", args.seeds), ("--out", args.out), ("--engine", args.engine),
-                                ("--superlink", args.superlink)) if v]
+                                ("--seeds", args.seeds), ("--out", args.out), ("--engine", args.engine)) if v]
         if given:
             raise ConfigError(f"--resume: continues the run as configured in {args.resume}/config.toml; "
                               f"drop {', '.join(given)}")
         allowed = parse_allowed(args.allow_config_change)
-        summary = resume_experiment(args.resume, progress=not args.no_progress, allow_changes=allowed)
+        summary = resume_experiment(args.resume, progress=not args.no_progress, allow_changes=allowed,
+                                    superlink=args.superlink)
         print(results_table(summary))
         print(f"run directory: {args.resume}")
         return 0

@@ -73,14 +73,14 @@ def _query(msg: Message, context: Context) -> Message:
 def _train(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
     return train_reply(msg, context, client_job(msg, context),
-                       store_for(context, run_name(dict(context.run_config))))
+                       store_for(context, run_name(dict(context.run_config), context.run_id)))
 
 
 @clientapp.evaluate()
 def _evaluate(msg: Message, context: Context) -> Message:
     _threads(context, "client-threads")
     return evaluate_reply(msg, context, client_job(msg, context),
-                          store_for(context, run_name(dict(context.run_config))))
+                          store_for(context, run_name(dict(context.run_config), context.run_id)))
 
 
 class RunFailedError(RuntimeError):
@@ -134,11 +134,11 @@ def federation_job(grid: Grid, run_config: dict):
     return server_job(run_config, info), nodes
 
 
-def _checkpoints(run_config: dict) -> tuple[CheckpointDir | None, str, str]:
+def _checkpoints(run_config: dict, flower_run_id: int) -> tuple[CheckpointDir | None, str, str]:
     """The server's checkpoint directory (``checkpoint-dir``), its file tag and the run's name (a stamp)."""
     _, name, seed = experiment_of(run_config)
     where = str(run_config.get("checkpoint-dir", ""))
-    run = run_name(run_config)
+    run = run_name(run_config, flower_run_id)
     return (CheckpointDir(where, stamp={"run": run}) if where else None), f"{name}-seed{seed}", run
 
 
@@ -152,7 +152,7 @@ def main(grid: Grid, context: Context) -> None:
     when ``checkpoint-dir`` holds one (a resumed run: the records before it are printed again)."""
     _threads(context, "server-threads")
     rc = dict(context.run_config)
-    ckpt, tag, run = _checkpoints(rc)
+    ckpt, tag, run = _checkpoints(rc, context.run_id)
     snap = None
     if ckpt is not None:
         ckpt.remove_temporaries()

@@ -19,6 +19,7 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     node-wait    seconds the server waits for SuperNodes to connect before the first round
     checkpoint-dir  where the ServerApp saves its state every ``run.checkpoint_every`` rounds and resumes from
     node-state-dir  where nodes without a ``state-dir`` node config keep their clients' states (per partition)
+    run-id       names the run for checkpoints and node states (kept by ``bouquet run --resume``; "": Flower's)
 
 A SuperNode started with ``--node-config "data-dir=DIR"`` serves the clients of its own directory
 (``data.node_dir``) instead of rebuilding the experiment's dataset; the ServerApp builds no dataset when
@@ -56,6 +57,7 @@ DEFAULTS: dict[str, Any] = {
     "node-wait": 120.0,
     "checkpoint-dir": "",
     "node-state-dir": "",
+    "run-id": "",
 }
 #: ``[tool.flwr.app.config]`` of pyproject.toml: what a run config without ``config`` or ``experiment`` (e.g.
 #: Flower's ``run_simulation`` with none) starts from (tests keep the two equal)
@@ -125,12 +127,13 @@ def experiment_of(run_config: dict) -> tuple[Experiment, str, int]:
     return _experiment(_key(run_config))
 
 
-def run_name(run_config: dict) -> str:
-    """A name of the run's (experiment, algorithm, seed), the same in a resumed Flower run: a node's state
-    directory keeps each run's client states under it."""
+def run_name(run_config: dict, flower_run_id: int) -> str:
+    """The name of a run, under which nodes keep its client states and the server its checkpoints: the
+    (experiment, algorithm, seed) and ``run-id`` (our CLI's, kept by a resumed run), else Flower's run id."""
     exp, name, seed = experiment_of(run_config)
-    blob = json.dumps({"experiment": resolved_dict(exp), "algorithm": name, "seed": seed}, sort_keys=True,
-                      default=str)
+    rid = str(run_config.get("run-id", "")) or f"flower-{flower_run_id}"
+    blob = json.dumps({"experiment": resolved_dict(exp), "algorithm": name, "seed": seed, "run": rid},
+                      sort_keys=True, default=str)
     return f"{name}-seed{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

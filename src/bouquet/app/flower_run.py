@@ -16,10 +16,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import tomli_w
 
+from ..checks import ConfigError
 from ..engine.summary import aggregate_seeds
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from ..flower.deploy import LocalFederation, flwr_run
@@ -77,10 +79,18 @@ def run(exp: Experiment, out_dir: str | Path, algorithms: list[str], engine: str
     """Run every (algorithm, seed) on Flower; write config.toml, metrics.jsonl, summary.json like the local engine.
 
     ``settings`` are run-config keys of ``bouquet.app.flower_job`` (``min-replies``, ``round-timeout``...).
+    The ServerApp checkpoints into ``out_dir/checkpoints`` (the SuperLink's machine must see ``out_dir``);
+    in a directory of an interrupted run (``flower.json`` present, see ``resume``) every (algorithm, seed)
+    continues from its latest checkpoint, and finished ones are only read back.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_toml(out / "config.toml", resolved_dict(exp))
+    state = _run_state(out, engine, superlink)
+    superlink = state["superlink"]
+    settings = {"checkpoint-dir": str((out / "checkpoints").resolve()), "run-id": state["run-id"], **settings}
+    if engine == "flower-sim":  # simulated nodes keep their clients' states in the run directory
+        settings.setdefault("node-state-dir", str((out / "node-state").resolve()))
     summary: dict = {"name": exp.name, "seeds": list(exp.run.seeds), "engine": engine, "algorithms": {}}
     records: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bouquet-flower-") as tmp:
@@ -114,6 +124,27 @@ def run(exp: Experiment, out_dir: str | Path, algorithms: list[str], engine: str
             if fed is not None:
                 fed.stop()
     return summary
+
+
+def _run_state(out: Path, engine: str, superlink: str | None) -> dict:
+    """``flower.json`` of the run directory: the run id (kept by a resumed run), engine and SuperLink."""
+    path = out / "flower.json"
+    if path.is_file():
+        state = json.loads(path.read_text())
+        if superlink:
+            state["superlink"] = superlink
+    else:
+        state = {"run-id": uuid.uuid4().hex, "engine": engine, "superlink": superlink}
+    atomic_write_json(path, state)
+    return state
+
+
+def resume(run_dir: str | Path, exp: Experiment, superlink: str | None = None, progress: bool = True) -> dict:
+    """Continue an interrupted Flower run (``bouquet run --resume``) on its SuperLink (or ``superlink``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "flower.json").is_file():
+        raise ConfigError(f"--resume {run_dir}: no flower.json; expected a directory of 'bouquet run --engine flower*'")
+    return run(exp, run_dir, list(exp.algorithms), exp.run.engine, superlink=superlink, progress=progress)
 
 
 def _printer(name: str, seed: int):

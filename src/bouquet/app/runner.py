@@ -140,14 +140,14 @@ def run_experiment(exp: Experiment, out_dir: str | Path, algorithms: list[str] |
     except OSError as err:
         raise ConfigError(f"--out {out}: cannot create the run directory ({os_error_reason(err, out)})") from None
     with _locked(out, "--resume" if resume else "--out"), _write_errors(out):
+        if not resume and CheckpointDir(out / "checkpoints").any():
+            raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
+                              f"'bouquet run --resume {out}' or choose another directory")
         if exp.run.engine != "local":  # Flower runtimes: the same run directory, computed by Flower (docs/flower.md)
             from .flower_run import run as run_flower  # needs the optional flwr package
 
             write_fingerprint(out, stamp(resolved_dict(exp)))
             return run_flower(exp, out, names, exp.run.engine, superlink=superlink, progress=progress)
-        if not resume and CheckpointDir(out / "checkpoints").any():
-            raise ConfigError(f"--out {out}: holds checkpoints of an earlier run; continue it with "
-                              f"'bouquet run --resume {out}' or choose another directory")
         return _run_local(exp, out, progress, resume, allow_changes)
 
 
@@ -262,10 +262,12 @@ def _checked(found: tuple[dict, Path] | None, current: dict, allowed: list[str],
     return snap
 
 
-def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes: list[str] | None = None) -> dict:
+def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes: list[str] | None = None,
+                      superlink: str | None = None) -> dict:
     """Continue the run in ``run_dir`` (its config.toml and checkpoints) to the end; return the summary.
 
-    ``config.toml`` must still match the run's fingerprint, but for the keys in ``allow_changes``.
+    ``config.toml`` must still match the run's fingerprint, but for the keys in ``allow_changes``. A Flower
+    run continues on its SuperLink (``flower.json``; ``superlink`` names another) from the server checkpoints.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -274,8 +276,15 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
         raise ConfigError(f"--resume {run_dir}: no config.toml; expected a directory written by 'bouquet run'")
     exp = load_experiment(run_dir / "config.toml")
     if exp.run.engine != "local":
-        raise ConfigError(f"--resume {run_dir}: checkpoints are written by the local engine only; this run used "
-                          f"run.engine = {exp.run.engine!r}")
+        recorded = read_fingerprint(run_dir)
+        if recorded is not None:
+            check_config(f"--resume {run_dir}", recorded, resolved_dict(exp), [])
+        from .flower_run import resume as resume_flower  # needs the optional flwr package
+
+        with _locked(run_dir, "--resume"), _write_errors(run_dir):
+            return resume_flower(run_dir, exp, superlink, progress)
+    elif superlink:
+        raise ConfigError(f"--superlink: {run_dir} is a run of the local engine; drop --superlink")
     exp = _with_algorithms(exp, exp.algorithms)
     _check_device(exp)
     with _locked(run_dir, "--resume"), _write_errors(run_dir):

@@ -91,6 +91,35 @@ def make_tls(directory: str | Path, host: str = "127.0.0.1") -> TLSFiles:
     return files
 
 
+@dataclass(frozen=True)
+class NodeKey:
+    """A SuperNode's key pair (OpenSSH format, EC P-384): the private key stays on the node, the public key
+    is registered with the SuperLink (``flwr supernode register``)."""
+
+    private: Path
+    public: Path
+
+
+def make_node_keys(directory: str | Path, count: int) -> list[NodeKey]:
+    """``count`` fresh SuperNode key pairs ``node-<i>`` / ``node-<i>.pub`` in ``directory`` (private files 0600)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    keys = []
+    for i in range(count):
+        key = ec.generate_private_key(ec.SECP384R1())
+        pair = NodeKey(d / f"node-{i}", d / f"node-{i}.pub")
+        pair.private.touch(mode=0o600)
+        pair.private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()))
+        pair.public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                              serialization.PublicFormat.OpenSSH))
+        keys.append(pair)
+    return keys
+
+
 def _proc_table() -> dict[int, tuple[int, int]]:
     """pid -> (parent pid, session id) of every process (Linux ``/proc``)."""
     table = {}
@@ -141,6 +170,13 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
         proc.wait(timeout=grace)
 
 
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and every process it started, at once."""
+    for pid in process_tree(proc.pid):
+        _signal(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text()
@@ -159,12 +195,14 @@ class LocalFederation:
 
     def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
-                 node_configs: list[dict] | None = None):
+                 node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
         self.num_supernodes, self.simulation, self.tls = num_supernodes, simulation, tls
         self.startup_timeout, self.node_configs = startup_timeout, node_configs or []
+        # with node keys the SuperLink admits only SuperNodes whose public key is registered (needs TLS)
+        self.node_keys = node_keys
         self.port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
@@ -211,24 +249,50 @@ class LocalFederation:
     def start(self) -> LocalFederation:
         """Start the SuperLink, wait until it accepts connections, then start the SuperNodes."""
         self.write_connection()
-        args = [_bin("flower-superlink"), *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
-                "--disable-runtime-dependency-installation"]
-        if self.simulation:
-            args.append("--simulation")
-        self.superlink = self._spawn("superlink", args)
-        self._wait_port(self.port, self.superlink)
+        self.start_superlink()
+        for key in self.node_keys or []:
+            self.register_node(key)
         for i in range(self.num_supernodes):
             self.add_supernode(i, self.num_supernodes)
         return self
 
-    def add_supernode(self, partition_id: int, num_partitions: int, index: int | None = None) -> subprocess.Popen:
+    def start_superlink(self) -> subprocess.Popen:
+        """Start the SuperLink on this federation's port (again, after ``kill_superlink``) and wait for it."""
+        args = [_bin("flower-superlink"), *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
+                "--disable-runtime-dependency-installation"]
+        if self.simulation:
+            args.append("--simulation")
+        if self.node_keys is not None:
+            args.append("--enable-supernode-auth")
+        self.superlink = self._spawn("superlink", args)
+        self._wait_port(self.port, self.superlink)
+        return self.superlink
+
+    def register_node(self, key: NodeKey) -> None:
+        """Register a SuperNode's public key with the SuperLink (``flwr supernode register``)."""
+        res = subprocess.run([_bin("flwr"), "supernode", "register", str(key.public), "bouquet"], env=self.env(),
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {key.public} failed: {(res.stdout + res.stderr)[-500:]}")
+
+    def kill_superlink(self) -> None:
+        """Kill the SuperLink and all it started (its ServerApp too) at once: a crash of the server's machine."""
+        assert self.superlink is not None
+        _kill_tree(self.superlink)
+
+    def add_supernode(self, partition_id: int, num_partitions: int, index: int | None = None,
+                      key: NodeKey | None = None) -> subprocess.Popen:
         """Start one SuperNode serving ``partition_id`` (its own free ClientAppIo/runtime port); with
         ``node_configs``, its entry (e.g. ``data-dir``) is added to the node config. ``index`` replaces the
-        SuperNode of that index (a restart)."""
+        SuperNode of that index (a restart). ``key`` (default: ``node_keys[partition_id]``) authenticates it."""
         extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
         config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
         args = [_bin("flower-supernode"), *self._security(False), "--superlink", self.address,
                 "--port", str(free_port()), "--node-config", _config_args(config)]
+        if key is None and self.node_keys and partition_id < len(self.node_keys):
+            key = self.node_keys[partition_id]
+        if key is not None:
+            args += ["--auth-supernode-private-key", str(key.private)]
         proc = self._spawn(f"supernode-{partition_id}", args)
         if index is None:
             self.supernodes.append(proc)
@@ -238,10 +302,7 @@ class LocalFederation:
 
     def kill_supernode(self, index: int) -> None:
         """Kill a SuperNode and its children at once (SIGKILL: a crash, not a shutdown)."""
-        proc = self.supernodes[index]
-        for pid in process_tree(proc.pid):
-            _signal(pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        _kill_tree(self.supernodes[index])
 
     def _wait_port(self, port: int, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + self.startup_timeout
