@@ -6,15 +6,20 @@ import shutil
 import tomllib
 
 import pytest
-from flowerkit import LoopbackGrid, idx_experiment
+import torch
+from flowerkit import SMALL, LoopbackGrid, idx_experiment
 from flwr.app import Context, RecordDict
 
 from bouquet.app.config import parse_experiment, with_run
 from bouquet.app.experiment import dataset_for_seed
-from bouquet.app.flower_apps import clientapp
+from bouquet.app.flower_apps import RECORD, clientapp
 from bouquet.app.flower_apps import main as server_main
+from bouquet.app.flower_export import node_client_state, node_personalized
+from bouquet.app.flower_job import load_job
 from bouquet.app.runner import run_one
+from bouquet.checks import ConfigError
 from bouquet.data.node_dir import write_node_dirs
+from bouquet.engine.evaluation import score_params
 
 
 def same(flower: list[dict], local: list[dict]) -> None:
@@ -55,3 +60,23 @@ def test_a_node_directory_of_another_federation_is_refused(tmp_path):
     grid = LoopbackGrid(clientapp, rc, 3, node_configs=[{"data-dir": str(d)} for d in dirs])
     with pytest.raises(RuntimeError, match="not clients of the experiment"):
         server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+
+
+def test_export_rebuilds_the_personalized_model_the_last_evaluation_scored(tmp_path, capsys):
+    rc = {"experiment": SMALL.replace('algorithms = ["fedavg"]', 'algorithms = ["floral"]'), "algorithm": "floral",
+          "seed": 0, "node-wait": 5.0, "run-id": "x"}
+    nodes = [{"state-dir": str(tmp_path / f"node-{i}"), "partition-id": i, "num-partitions": 3} for i in range(3)]
+    server_main(LoopbackGrid(clientapp, rc, 3, node_configs=nodes),
+                Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+    last = [json.loads(line.split(RECORD, 1)[1]) for line in capsys.readouterr().out.splitlines()
+            if RECORD in line][-1]
+    job = load_job(rc)
+    for cid in (1, 4):  # node 1's clients
+        params = node_personalized(rc, tmp_path / "node-1", cid)
+        assert set(node_client_state(tmp_path / "node-1", cid)) <= set(job.initial_state(cid))
+        with torch.no_grad(), job.alg.mode(False):
+            s = score_params(job.alg, lambda cs: cs, {k: v.unsqueeze(0) for k, v in params.items()},
+                             job.client_rows(cid)[1], torch.tensor([0]), vectorized=False)
+        assert float(s.score[0]) == pytest.approx(last["eval"]["per_client"][cid], abs=1e-6)
+    with pytest.raises(ConfigError, match="client 0 has no saved state"):
+        node_client_state(tmp_path / "node-1", 0)

@@ -131,6 +131,7 @@ def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store 
     other = msg.content.get("server")
     server = unflatten_state(from_record(msg.content["arrays"]), dict(other) if isinstance(other, ConfigRecord) else {})
     rnd = int(cfg["server-round"])
+    store.put_server(rnd, server)
     metrics: dict[str, float | int] = {}
     for cid in list(cfg["clients"]):
         train, test = job.client_rows(cid)

@@ -40,6 +40,9 @@ class ContextStore:
         """Keep client ``cid``'s state after round ``round_idx`` (trained from the version of round ``origin``)."""
         self.context.state[f"c{cid}"] = to_record(state)
 
+    def put_server(self, round_idx: int, server: dict) -> None:
+        """The server state of the last evaluation (kept only by a state directory, for export)."""
+
 
 class DirStore:
     """Client states as versioned files under ``directory`` (see the module docstring)."""
@@ -79,6 +82,17 @@ class DirStore:
         for r in self.versions(cid):  # a replayed round made later versions stale
             if r > round_idx:
                 self.path(cid, r).unlink(missing_ok=True)
+
+
+    def put_server(self, round_idx: int, server: dict) -> None:
+        """The server state the node last evaluated with (``server.ckpt``): with a client's state, its
+        personalized model can be rebuilt on the node (``bouquet.app.flower_export``)."""
+        save_checkpoint(self.dir / "server.ckpt", {"round": round_idx, "server": server})
+
+    def server(self) -> dict | None:
+        """``put_server``'s last state, or None."""
+        path = self.dir / "server.ckpt"
+        return load_checkpoint(path) if path.is_file() else None
 
 
 def store_for(context: Context, run: str) -> ContextStore | DirStore:
