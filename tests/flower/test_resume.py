@@ -107,7 +107,7 @@ def test_killed_superlink_and_supernode_resume_to_the_uninterrupted_metrics(tmp_
     states = [{"state-dir": str(tmp_path / "state" / f"node-{i}")} for i in range(3)]
     run = tmp_path / "run"
     bouquet = str(Path(sys.executable).parent / "bouquet")
-    with LocalFederation(tmp_path / "fed", 3, node_configs=states) as fed:
+    with LocalFederation(tmp_path / "fed", 3, node_configs=states, database=True) as fed:
         cmd = [bouquet, "run", str(config), "--engine", "flower", "--superlink", fed.address, "--out", str(run),
                "--no-progress"]
         with open(tmp_path / "first.log", "wb") as out:

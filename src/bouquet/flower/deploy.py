@@ -195,7 +195,8 @@ class LocalFederation:
 
     def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
-                 node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None):
+                 node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
+                 database: bool = False):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -203,6 +204,9 @@ class LocalFederation:
         self.startup_timeout, self.node_configs = startup_timeout, node_configs or []
         # with node keys the SuperLink admits only SuperNodes whose public key is registered (needs TLS)
         self.node_keys = node_keys
+        # a SuperLink state on disk (registered nodes, runs) survives a SuperLink restart; in memory it does not,
+        # and SuperNodes then exit (their heartbeats are refused: 401)
+        self.database = self.dir / "superlink-state.db" if database else None
         self.port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
@@ -264,6 +268,8 @@ class LocalFederation:
             args.append("--simulation")
         if self.node_keys is not None:
             args.append("--enable-supernode-auth")
+        if self.database is not None:
+            args += ["--database", str(self.database)]
         self.superlink = self._spawn("superlink", args)
         self._wait_port(self.port, self.superlink)
         return self.superlink
