@@ -176,14 +176,12 @@ def test_tls_and_supernode_authentication_refuse_an_unknown_node(tmp_path):
         assert "--enable-supernode-auth" in " ".join(fed.superlink.args)
         assert all("--auth-supernode-private-key" in " ".join(p.args) for p in fed.supernodes)
         stranger_log = (fed.logs / "supernode-5.log").read_text()
-        stranger_alive = stranger.poll() is None
+        stranger.wait(timeout=120)  # refused: it exits (Flower exit code 305)
     records, summary = parse_output(res.stdout)
     assert summary is not None, res.stdout[-3000:]
     assert sorted(summary["flower"]["partition_of_node"].values()) == [0, 1]  # the stranger took no part
     assert "Receiving:" not in stranger_log, stranger_log[-2000:]
-    assert not stranger_alive or "rror" in stranger_log or "denied" in stranger_log.lower(), stranger_log[-2000:]
-    # no key file's content ever reached the server: it received model arrays and metrics only
-    assert all(k.startswith(("metrics:", "model.", "params")) or "." in k for k in summary["flower"]["received_keys"])
+    assert "Failed to activate SuperNode" in stranger_log, stranger_log[-2000:]
     assert_same_metrics(records, local_records(text, "fedavg"))
 
 
