@@ -175,8 +175,8 @@ def test_tls_and_supernode_authentication_refuse_an_unknown_node(tmp_path):
                           timeout=900)
         assert "--enable-supernode-auth" in " ".join(fed.superlink.args)
         assert all("--auth-supernode-private-key" in " ".join(p.args) for p in fed.supernodes)
-        stranger_log = (fed.logs / "supernode-5.log").read_text()
         stranger.wait(timeout=120)  # refused: it exits (Flower exit code 305)
+        stranger_log = (fed.logs / "supernode-5.log").read_text()
     records, summary = parse_output(res.stdout)
     assert summary is not None, res.stdout[-3000:]
     assert sorted(summary["flower"]["partition_of_node"].values()) == [0, 1]  # the stranger took no part
