@@ -50,6 +50,16 @@ def test_server_without_data_matches_the_local_engine_on_the_partition(tmp_path,
     assert kept and kept <= {"c0", "c3"}
 
 
+def test_a_broken_node_directory_stops_the_run_with_its_reason(tmp_path):
+    text = idx_experiment(tmp_path / "mnist")
+    dirs = write_node_dirs(dataset_for_seed(parse_experiment(tomllib.loads(text)), 0), tmp_path / "nodes", 3)
+    (dirs[2] / "client-2.npz").write_bytes(b"torn")
+    rc = {"experiment": text, "algorithm": "floral", "seed": 0, "node-wait": 2.0}
+    grid = LoopbackGrid(clientapp, rc, 3, node_configs=[{"data-dir": str(d)} for d in dirs])
+    with pytest.raises(RuntimeError, match=r"node 102 cannot serve its clients: .*client-2.npz: not a readable"):
+        server_main(grid, Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=rc))
+
+
 def test_a_node_directory_of_another_federation_is_refused(tmp_path):
     text = idx_experiment(tmp_path / "mnist")
     exp = parse_experiment(tomllib.loads(text))

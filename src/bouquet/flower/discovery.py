@@ -79,6 +79,9 @@ class _Replies:
     def add(self, rep: Message) -> None:
         node = rep.metadata.src_node_id
         if rep.has_error():
+            if rep.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION and "bouquet" in rep.error.reason:
+                # bouquet's ClientApp failed to describe its data (e.g. a bad data directory): not a stock node
+                raise NodeDiscoveryError(f"node {node} cannot serve its clients: {rep.error.reason[:500]}")
             if rep.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION and node not in self.stock:
                 self.stock.append(node)
             return
