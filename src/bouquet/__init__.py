@@ -61,6 +61,10 @@ _EXPORTS = {
     "FederatedDataset": "bouquet.data.federated",
     "ClientData": "bouquet.data.federated",
     "carve_validation": "bouquet.data.holdout",
+    "DatasetInfo": "bouquet.data.federated",
+    "write_node_dirs": "bouquet.data.node_dir",
+    "load_node_dir": "bouquet.data.node_dir",
+    "load_federation": "bouquet.data.node_dir",
     "build_model": "bouquet.models",
     # engine
     "Simulator": "bouquet.engine.simulator",
