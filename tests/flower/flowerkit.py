@@ -59,6 +59,7 @@ class LoopbackGrid(Grid):
                  fail: Callable[[int, Message], bool] | None = None,
                  tamper: Callable[[Message], None] | None = None, node_configs: list[dict] | None = None):
         self.app, self.fail, self.tamper = client_app, fail, tamper
+        self.last_round: dict[int, int] = {}  # node -> server-round of the last message it was sent
         # Flower stamps messages with the process's task identity (set by the real runtimes)
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.contexts = {
@@ -92,6 +93,9 @@ class LoopbackGrid(Grid):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
+            cfg = msg.content.get("config")
+            if cfg is not None and "server-round" in cfg:
+                self.last_round[node] = int(cfg["server-round"])
             if self.fail is not None and self.fail(node, msg):
                 continue
             try:
