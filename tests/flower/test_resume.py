@@ -168,3 +168,28 @@ def test_killed_superlink_and_supernode_resume_to_the_uninterrupted_metrics(tmp_
     store = DirStore(next((tmp_path / "state" / "node-2").iterdir()))
     later = [store.read(c, r)["origin"] for c in (2, 5) for r in store.versions(c) if r >= 3]
     assert later and any(o >= 1 for o in later)
+
+
+@pytest.mark.flower
+def test_flower_sim_run_keeps_node_states_in_the_run_directory_and_resumes_when_finished(tmp_path):
+    """``--engine flower-sim``: simulated nodes keep their clients' states under RUN_DIR/node-state; resuming a
+    finished run reads the final server checkpoint back (same records, nothing recomputed)."""
+    config = tmp_path / "small.toml"
+    config.write_text(experiment(2))
+    run = tmp_path / "run"
+    bouquet = str(Path(sys.executable).parent / "bouquet")
+    first = subprocess.run([bouquet, "run", str(config), "--engine", "flower-sim", "--out", str(run), "--no-progress"],
+                           capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    records = (run / "metrics.jsonl").read_text()
+    exp = parse_experiment(tomllib.loads(config.read_text()))
+    local = run_one(with_run(exp, seeds=[0]), build_dataset(data_for_seed(exp, 0)), "floral", 0)[1]
+    assert [json.loads(line)["eval"]["mean"] for line in records.splitlines()] == pytest.approx(
+        [r["eval"]["mean"] for r in local], abs=1e-5)
+    states = run / "node-state"
+    assert list(states.glob("partition-*/*/c*-r*.ckpt"))  # clients' states, per simulated node
+    assert len(list(states.glob("partition-*/*/server.ckpt"))) == exp.data.num_clients  # every node evaluated
+    again = subprocess.run([bouquet, "run", "--resume", str(run), "--no-progress"], capture_output=True, text=True,
+                           timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert (run / "metrics.jsonl").read_text() == records
