@@ -129,7 +129,7 @@ def test_killed_superlink_and_supernode_resume_to_the_uninterrupted_metrics(tmp_
     """Acceptance (issue 17): the SuperLink (with its ServerApp) is killed in round 3 of 6, so is SuperNode 2;
     both restart (node 2 with its state directory) and ``bouquet run --resume`` ends with the metrics of an
     uninterrupted run: the server continued from its round-2 checkpoint, node 2 with its clients' routers."""
-    text = experiment()
+    text = experiment().replace("eval_every = 1", "eval_every = 3")  # fewer ClientApp processes: evaluate at 3, 6
     config = tmp_path / "six.toml"
     config.write_text(text)
     exp = parse_experiment(tomllib.loads(text))
@@ -163,7 +163,9 @@ def test_killed_superlink_and_supernode_resume_to_the_uninterrupted_metrics(tmp_
     for f, lo in zip(records, local, strict=True):
         assert f["clients"] == lo["clients"]
         assert f["train_loss"] == pytest.approx(lo["train_loss"], abs=1e-4)
-        assert f["eval"]["per_client"] == pytest.approx(lo["eval"]["per_client"], abs=1e-4)
+        assert ("eval" in f) == ("eval" in lo)
+        if "eval" in lo:
+            assert f["eval"]["per_client"] == pytest.approx(lo["eval"]["per_client"], abs=1e-4)
     # node 2 (clients 2 and 5) went on from the routers it had saved before it was killed
     store = DirStore(next((tmp_path / "state" / "node-2").iterdir()))
     later = [store.read(c, r)["origin"] for c in (2, 5) for r in store.versions(c) if r >= 3]

@@ -6,7 +6,10 @@ Modules (import them directly; ``flwr`` is an optional dependency, ``pip install
 - ``client``: the ClientApp's handlers (query, train, evaluate) over ``engine.client_work``
 - ``job``: ``FlowerJob``, what both sides need of one (algorithm, seed)
 - ``records``: tensor dicts <-> ``ArrayRecord``, message key layout
-- ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure or TLS)
+- ``discovery``: the query handshake (which node serves which client; the federation's ``DatasetInfo``)
+- ``node_state``: a node's clients' private states (``Context.state`` or a state directory of files)
+- ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure, TLS, node authentication)
+- ``credentials``: throw-away TLS certificates and SuperNode key pairs
 
 The ``ServerApp``/``ClientApp`` objects, which build a job from a run config, and ``bouquet run --engine
 flower-sim | flower`` live in the app layer (``bouquet.app.flower_apps``, ``bouquet.app.flower_run``).
