@@ -55,21 +55,28 @@ def seeded_model(exp: Experiment, data: FederatedDataset, seed: int) -> nn.Modul
 
 
 def check_forward(exp: Experiment, data: FederatedDataset, model: nn.Module) -> None:
-    """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError."""
+    """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError.
+
+    Token-id datasets (int64 inputs) are probed with their own first example, not zeros.
+    """
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    first = data.clients[0].x_train[:1]
+    probe = first if not first.is_floating_point() else torch.zeros(1, *data.input_shape, dtype=dtype)
+    expected = (1, data.num_outputs) if data.objective != "language_modeling" else (1, *data.input_shape,
+                                                                                     data.num_outputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *data.input_shape, dtype=dtype))
+            out = model(probe)
     except RuntimeError as err:
         raise ConfigError(_mismatch(exp, data, err)) from None
     finally:
         model.train(was_training)
-    if tuple(out.shape) != (1, data.num_outputs):
+    if tuple(out.shape) != expected:
         raise ConfigError(f"model.name: {exp.model.name!r} on input shape {tuple(data.input_shape)} of "
                           f"{data.name!r} gives outputs of shape {tuple(out.shape[1:])}; expected "
-                          f"({data.num_outputs},) (data.num_outputs)")
+                          f"{expected[1:]} (data.num_outputs)")
 
 
 def _mismatch(exp: Experiment, data: FederatedDataset, err: RuntimeError) -> str:
