@@ -28,6 +28,7 @@ from bouquet.app.config import parse_experiment
 from bouquet.app.experiment import dataset_for_seed
 from bouquet.app.runner import simulator
 from bouquet.engine.batching import TRAIN, round_batches
+from bouquet.models.hf import load_base
 
 CONFIG = {
     "name": "lm_batched_vs_loop", "algorithms": ["fedit"],
@@ -64,7 +65,8 @@ class PeftLoop:
     def __init__(self, sim, init: dict[str, torch.Tensor], attention: str):
         from peft import LoraConfig, get_peft_model
 
-        hf = copy.deepcopy(sim.alg.model.model.hf)  # peft edits the model it wraps: not bouquet's base
+        # peft edits the model it wraps: a copy of the pretrained base, not bouquet's
+        hf = copy.deepcopy(load_base(sim.alg.model.model.checkpoint, "causal_lm"))
         hf.config._attn_implementation = attention
         layer = next(m for n, m in sim.alg.model.named_modules() if n.endswith("q_proj"))
         cfg = LoraConfig(r=8, lora_alpha=8 * layer.alpha, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)

@@ -13,8 +13,9 @@ import torch
 
 from bouquet.app.config import parse_experiment
 from bouquet.app.runner import simulator
-from bouquet.data.federated import ClientData, FederatedDataset
+from bouquet.data.federated import FederatedDataset
 from bouquet.engine.export import ExportError, client_params, export_client
+from hfkit import token_data
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -22,27 +23,6 @@ transformers = pytest.importorskip("transformers")
 ALGOS = {"fedit": {"rank": 2}, "ditto": {"rank": 2}, "apfl": {"rank": 2},
          "potara": {"rank": 2, "federated_rounds": 1},
          "floral": {"rank": 2, "num_components": 2, "train_base": False, "router_init_std": 1.0}}
-
-
-def token_data(objective: str, vocab: int, length: int = 8, num_clients: int = 3, num_outputs: int | None = None,
-               seed: int = 0) -> FederatedDataset:
-    """Random token windows (LM: next-token targets; classification: labels) for ``num_clients`` clients."""
-    gen = torch.Generator().manual_seed(seed)
-    clients, offset = [], 0
-    for k in range(num_clients):
-        x = torch.randint(0, vocab, (12, length), generator=gen)
-        x[:, -2:] = -1 if objective != "language_modeling" else x[:, -2:]  # classification: padded texts
-        if objective == "language_modeling":
-            y = torch.roll(x, -1, dims=1)
-            y[:, -1] = -100
-        else:
-            y = torch.randint(0, num_outputs, (12,), generator=gen)
-        clients.append(ClientData(x_train=x[:8], y_train=y[:8], x_test=x[8:], y_test=y[8:], cluster=k % 2,
-                                  train_ids=torch.arange(offset, offset + 8),
-                                  test_ids=torch.arange(offset + 8, offset + 12)))
-        offset += 12
-    return FederatedDataset(name="tokens", clients=tuple(clients), input_shape=(length,),
-                            num_outputs=num_outputs or vocab, objective=objective, num_clusters=2)
 
 
 def trained(model: dict, data: FederatedDataset, name: str, lr: float):

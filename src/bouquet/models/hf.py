@@ -126,7 +126,20 @@ def load_base(ckpt: Checkpoint, head: str, num_labels: int | None = None) -> nn.
     return model
 
 
-class HFCausalLM(nn.Module):
+class FrozenHF(nn.Module):
+    """Base of the wrappers: the transformers model stays in eval mode (no dropout) even while training.
+
+    Its weights are frozen, so dropout is the only thing train mode would change; without it a round is
+    deterministic and the batched and client-by-client paths agree exactly.
+    """
+
+    def train(self, mode: bool = True) -> FrozenHF:
+        super().train(mode)
+        self.hf.eval()
+        return self
+
+
+class HFCausalLM(FrozenHF):
     """A causal LM over token windows: ids [..., T] (-1 = padding at the end) -> logits [..., T, vocab]."""
 
     def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
@@ -140,7 +153,7 @@ class HFCausalLM(nn.Module):
         return self.hf(input_ids=x.clamp_min(0), use_cache=False).logits
 
 
-class HFClassifier(nn.Module):
+class HFClassifier(FrozenHF):
     """A sequence classifier: ids [..., T] (-1 = padding) -> logits [..., num_labels]."""
 
     def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
