@@ -26,8 +26,9 @@ ALGOS = {"fedit": {"rank": 2}, "ditto": {"rank": 2}, "apfl": {"rank": 2},
 
 
 def trained(model: dict, data: FederatedDataset, name: str, lr: float):
-    raw = {"name": "export", "algorithms": [name], "data": {"name": "digits", "num_clients": 3},
-           "model": model, "run": {"rounds": 2, "clients_per_round": 3, "batch_size": 4, "local_steps": 2,
+    k = data.num_clients
+    raw = {"name": "export", "algorithms": [name], "data": {"name": "digits", "num_clients": k},
+           "model": model, "run": {"rounds": 2, "clients_per_round": k, "batch_size": 4, "local_steps": 2,
                                    "eval_every": 2},
            "train": {"lr": lr}, "algo": {name: ALGOS[name]}}
     sim, _ = simulator(parse_experiment(raw), data, name, 0)
@@ -91,4 +92,19 @@ def test_minilm_classifier_export_matches_peft(name, tmp_path):
     base = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt.directory, num_labels=5)
     diff, moved = roundtrip(alg, state, data, base, tmp_path)
     assert moved > 1e-3
+    assert diff < 1e-5
+
+
+@pytest.mark.slow
+def test_smollm2_export_matches_peft(tmp_path):
+    """The bundled SmolLM2-135M (GGUF, dequantized): a FLoRAL mixture collapsed to one LoRA, logits within 1e-5."""
+    from bouquet.models.hf import checkpoint_for
+
+    ckpt = checkpoint_for(None, "causal_lm")
+    data = token_data("language_modeling", vocab=49152, length=6, num_clients=2)
+    alg, state = trained({"name": "hf", "head": "causal_lm"}, data, "floral", lr=0.5)
+    base = transformers.AutoModelForCausalLM.from_pretrained(ckpt.directory, gguf_file=ckpt.gguf_file,
+                                                             dtype=torch.float32)
+    diff, moved = roundtrip(alg, state, data, base, tmp_path)
+    assert moved > 1e-4
     assert diff < 1e-5
