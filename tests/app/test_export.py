@@ -68,3 +68,32 @@ def test_export_errors_are_one_line(run_dir, tmp_path, capsys, args, message):
     assert main(["export", str(run_dir), *args, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_init_from_a_peft_adapter(run_dir, tmp_path):
+    """[init] peft_adapter: a new run's initial adaptors are the adapter's (query/value of every layer)."""
+    from bouquet.app.config import load_experiment
+    from bouquet.app.experiment import build_algorithm, dataset_for_seed
+    from bouquet.app.init_adapter import read_peft_adapter
+
+    assert main(["export", str(run_dir), "--client", "1", "--algorithm", "fedit", "--out", str(tmp_path / "a")]) == 0
+    (tmp_path / "c.toml").write_text(CONFIG.replace('algorithms = ["fedit", "apfl"]', 'algorithms = ["local_lora"]')
+                                     + f'[init]\npeft_adapter = "{tmp_path / "a"}"\n')
+    exp = load_experiment(tmp_path / "c.toml")
+    data = dataset_for_seed(exp, 0)
+    alg, _ = build_algorithm(exp, data, "local_lora", 0)
+    _, clients = alg.init(torch.Generator().manual_seed(0), data.clusters)
+    adapter = read_peft_adapter(tmp_path / "a")
+    assert len(adapter) == 12  # query and value of MiniLM's 6 layers
+    for path, (a, b) in adapter.items():
+        key = f"local.model.hf.{path}"
+        assert torch.equal(clients[f"{key}.lora_A"][3, 0], a)
+        assert torch.allclose(clients[f"{key}.lora_B"][3, 0], b)
+
+
+def test_init_adapter_that_matches_nothing(tmp_path):
+    from bouquet.app.init_adapter import read_peft_adapter
+    from bouquet.checks import ConfigError
+
+    with pytest.raises(ConfigError, match=r"init.peft_adapter: .*adapter_config.json not found"):
+        read_peft_adapter(tmp_path)

@@ -17,6 +17,7 @@ from ..data import DataSpec, build_dataset
 from ..data.federated import FederatedDataset
 from ..models import build_model
 from .config import Experiment
+from .init_adapter import read_peft_adapter, with_initial_adaptors
 from .pretrain import load_pretrained
 
 
@@ -93,4 +94,6 @@ def build_algorithm(exp: Experiment, data: FederatedDataset, name: str, seed: in
         alg = ALGORITHMS[name].build(model, build_context(exp, data), exp.algo[name])
     except ValueError as err:  # an adapter target matching no layer, a head covering the whole model, ...
         raise ConfigError(f"algo.{name}: {err}") from None
+    if exp.init.peft_adapter is not None:
+        alg = with_initial_adaptors(alg, read_peft_adapter(exp.init.peft_adapter), exp.init.peft_adapter)
     return alg, base
