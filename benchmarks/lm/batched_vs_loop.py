@@ -42,10 +42,11 @@ CONFIG = {
 
 def setup(attention: str):
     """bouquet's simulator for the workload, its initial state and the round's client ids and batches."""
-    exp = parse_experiment(copy.deepcopy(CONFIG))
+    raw = copy.deepcopy(CONFIG)
+    raw["model"]["attention"] = attention
+    exp = parse_experiment(raw)
     data = dataset_for_seed(exp, 0)
     sim, _ = simulator(exp, data, "fedit", 0)
-    sim.alg.model.model.hf.config._attn_implementation = attention
     state = sim.init_state()
     ids, _ = sim.driver.sample(state)
     index, weight = round_batches(sim.train, ids, seed=0, round_idx=1, batch_size=4, epochs=1, steps=5,
@@ -66,8 +67,7 @@ class PeftLoop:
         from peft import LoraConfig, get_peft_model
 
         # peft edits the model it wraps: a copy of the pretrained base, not bouquet's
-        hf = copy.deepcopy(load_base(sim.alg.model.model.checkpoint, "causal_lm"))
-        hf.config._attn_implementation = attention
+        hf = copy.deepcopy(load_base(sim.alg.model.model.checkpoint, "causal_lm", attention=attention))
         layer = next(m for n, m in sim.alg.model.named_modules() if n.endswith("q_proj"))
         cfg = LoraConfig(r=8, lora_alpha=8 * layer.alpha, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
         self.model = get_peft_model(hf, cfg)

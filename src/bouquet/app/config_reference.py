@@ -45,6 +45,7 @@ MODEL_OPTION_DOCS = {
                "sequence_classification, SmolLM2-135M for causal_lm); loaded offline, frozen",
     "hf.head": "'causal_lm' (next-token logits; the dataset's tokenizer must be the model's) or "
                "'sequence_classification' (a fresh head of data.num_outputs labels)",
+    "hf.attention": "transformers' attention: 'eager' (batches a round's clients under vmap) or 'sdpa'",
 }
 
 

