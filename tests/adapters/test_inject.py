@@ -59,7 +59,7 @@ def test_by_type_and_norm_adaptors():
 
 
 def test_no_match_raises_with_available_names():
-    with pytest.raises(ValueError, match=r"nope.*available modules.*encoder\.fc1"):
+    with pytest.raises(ValueError, match=r"nope.*modules of those types.*encoder\.fc1"):
         inject(Net(), num_adaptors=2, rank=1, target_modules=["nope"])
 
 

@@ -28,7 +28,7 @@ def test_every_schema_key_is_listed_with_type_and_default():
     assert grouped == set(ALGORITHMS)
     for names, cls in ref.algo_groups():
         assert [k.name for k in ref.keys(cls)] == option_keys(cls), names
-    tables = {"data", "model", "run", "train", "server", "robust", "pretrain", "algo"}
+    tables = {"data", "model", "run", "train", "server", "robust", "pretrain", "init", "algo"}
     assert set(TOP_LEVEL) == tables | set(ref.TOP_LEVEL_DOCS)  # every top-level key is covered
 
 

@@ -64,7 +64,8 @@ def inject(
     A layer is targeted when it is an instance of `target_types` (plus BatchNorm/LayerNorm/GroupNorm
     with `norm_adaptors`), its name matches one of `target_modules` (exact, dotted suffix, glob or
     regex; None = every layer of those types, final classifier included) and none of `exclude`.
-    `rank` is an integer rank or a budget rho < 1, resolved per layer. The user's model is untouched.
+    `rank` is an integer rank or a budget rho < 1, resolved per layer. The user's model is untouched;
+    its frozen parameters (requires_grad False) are shared with the copy rather than duplicated.
     """
     targets = _as_patterns(target_modules)
     excluded = _as_patterns(exclude) or []
@@ -74,7 +75,9 @@ def inject(
     elif router.num_adaptors != num_adaptors:
         raise ValueError(f"router has {router.num_adaptors} adaptors but num_adaptors={num_adaptors}")
 
-    copied = copy.deepcopy(model)
+    # Frozen tensors (a pretrained base) are shared with the user's model, not copied: a template over a
+    # 135M-parameter transformer then costs its adaptors only.
+    copied = copy.deepcopy(model, memo={id(p): p for p in model.parameters() if not p.requires_grad})
     # The root itself may be a target (e.g. the model is a bare nn.Linear); its name is "".
     candidates = [(n, m) for n, m in copied.named_modules() if not isinstance(m, ADAPTOR_TYPES)]
     # A module nested inside an existing adaptor layer (its `base`) is never wrapped again.
@@ -86,10 +89,11 @@ def inject(
         and (targets is None or _matches_any(n, targets)) and not _matches_any(n, excluded)
     ]
     if not chosen:
-        available = [f"{n or '<root>'} ({type(m).__name__})" for n, m in candidates]
+        available = [f"{n or '<root>'} ({type(m).__name__})" for n, m in candidates if isinstance(m, types)]
+        shown = available if len(available) <= 60 else [*available[:60], f"... {len(available) - 60} more"]
         raise ValueError(
             f"no module matched target_modules={targets} with target_types="
-            f"{[t.__name__ for t in types]} and exclude={excluded}; available modules: {available}"
+            f"{[t.__name__ for t in types]} and exclude={excluded}; the model's modules of those types: {shown}"
         )
 
     context = MixtureContext()

@@ -39,7 +39,7 @@ Payload = dict[str, Tensor]
 ServerState = dict[str, Any]  # nested dicts of tensors: {"params": {...}, "opt": {...}, ...}
 ClientStates = dict[str, Tensor]  # every entry has a leading dim over ALL registered clients
 Batch = dict[str, Tensor]  # {"x": [B, ...], "y": [B] or [B, d], "w": [B] example weights (0 = padding)}
-Objective = str  # "classification" | "regression"
+Objective = str  # "classification" | "regression" | "language_modeling"
 OBJECTIVES = ("classification", "regression")
 
 
@@ -154,11 +154,20 @@ class Algorithm:
 # Small pure helpers used by every algorithm.
 
 
+IGNORE_TOKEN = -100  # language modelling: a target position that carries no loss (window padding)
+
+
 def task_loss(out: Tensor, y: Tensor, w: Tensor, objective: Objective) -> Tensor:
     """Example-weighted mean loss: cross-entropy for classification, squared error for regression.
 
     Padding examples have weight 0, so a padded batch gives exactly the loss of its real examples.
+    ``language_modeling``: next-token cross-entropy per token (logits [n, T, V], targets [n, T] with
+    IGNORE_TOKEN where no loss is due), the mean over the weighted examples' real tokens.
     """
+    if objective == "language_modeling":
+        nll = F.cross_entropy(out.flatten(0, -2), y.flatten(), ignore_index=IGNORE_TOKEN, reduction="none")
+        tokens = (y != IGNORE_TOKEN).to(out.dtype) * w.unsqueeze(-1)
+        return (nll.view_as(tokens) * tokens).sum() / tokens.sum().clamp_min(1.0)
     if objective == "classification":
         per_example = F.cross_entropy(out, y, reduction="none")
     else:
@@ -167,10 +176,22 @@ def task_loss(out: Tensor, y: Tensor, w: Tensor, objective: Objective) -> Tensor
 
 
 def task_score(out: Tensor, y: Tensor, objective: Objective) -> Tensor:
-    """Per-example score: 1/0 correctness for classification, squared error for regression."""
+    """Per-example score: 1/0 correctness for classification, squared error for regression.
+
+    ``language_modeling`` scores a client as a whole (``client_score``), not per example.
+    """
     if objective == "classification":
         return (out.argmax(dim=-1) == y).to(out.dtype)
     return ((out - y) ** 2).reshape(out.shape[0], -1).mean(dim=1)
+
+
+def client_score(out: Tensor, y: Tensor, w: Tensor, objective: Objective) -> tuple[Tensor, Tensor]:
+    """(score, loss) of one client's weighted examples: accuracy / MSE, or perplexity exp(token NLL)."""
+    loss = task_loss(out, y, w, objective)
+    if objective == "language_modeling":
+        return loss.exp(), loss
+    s = task_score(out, y, objective)
+    return (s * w).sum() / w.sum().clamp_min(1.0), loss
 
 
 def model_params(model: nn.Module) -> Params:

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..adapters import MixtureModel, inject, param_role
 from ..checks import require, require_rank
+from ..models.hf import HF_MODELS
 from .contract import Algorithm, LossSpec, Objective, weighted_mean
 from .local_update import local_sgd
 from .registry import BuildContext, register
@@ -54,18 +55,21 @@ def wrap(model: nn.Module, num_adaptors: int, rank: float | int = 0.01, *, adapt
 def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: float | None = None,
            router: RouterConfig | None = None, precondition: bool = True, precondition_eps: float = 1e-5,
            optimal_router: bool = False, server_opt: ServerOptimizer | None = None,
-           weight_decay: float = 0.0, name: str = "floral") -> Algorithm:
+           weight_decay: float = 0.0, name: str = "floral", train_base: bool = True) -> Algorithm:
     """FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
 
     ``optimal_router=True`` is the oracle: each client's pi is fixed to its true cluster's one-hot.
     ``router`` holds every router setting (learning rate, noise, floor, temperature, ...).
+    ``train_base=False``: the base stays the template's (frozen, pretrained, never sent); only adaptors
+    are federated and routers kept private.
     """
     if not isinstance(model, MixtureModel):
         raise TypeError(f"floral needs a MixtureModel (see bouquet.wrap), got {type(model).__name__}")
     rc = router or RouterConfig()
     num = model.num_adaptors
     server_opt = server_opt or server_sgd(1.0)
-    init_params = {k: v.detach().clone() for k, v in model.named_parameters() if k != ROUTER}
+    init_params = {k: v.detach().clone() for k, v in model.named_parameters()
+                   if k != ROUTER and (train_base or param_role(k) != "base")}
     routed = routed_functions(model, objective, rc, num, optimal_router, init_params, server_opt)
     rates = LearningRates(lr, lr if lora_lr is None else lora_lr, routed.router_rate)
 
@@ -139,7 +143,11 @@ class FloralOptions(RoutedOptions):
     precondition_eps: float = 1e-5
     #: how a conv kernel is factored into ConvLoRA: 'balanced_2d', 'balanced', 'in' or 'out'
     conv_variant: str = "balanced_2d"
-    target_modules: list[str] | None = None  # None = every Linear and Conv2d, classifier included
+    #: module name patterns that get adaptors (none: every Linear and Conv2d, classifier included; for
+    #: [model] name = "hf" the architecture's LoRA targets, e.g. q_proj and v_proj)
+    target_modules: list[str] | None = None
+    #: federate the base too (the paper); false keeps a pretrained base frozen and never sent
+    train_base: bool = True
     paper_bias_init: bool = False  # official: adaptor biases start at U(+-1/sqrt(r)), not zero
     paper_server_damping: bool = False  # official: the server moves adaptors by lora_lr of their update
     paper_conv_rank_bug: bool = False  # official: conv ranks computed with 2 kernel elements, not kh*kw
@@ -184,16 +192,19 @@ def as_rank(value: float) -> float | int:
 
 def build_floral(model: nn.Module, ctx: BuildContext, options: FloralOptions, name: str = "floral") -> Algorithm:
     """FLoRAL (or a variant) from the experiment's model and the options of ``[algo.<name>]``."""
+    targets = options.target_modules
+    if targets is None and isinstance(model, HF_MODELS):
+        targets = model.lora_targets
     mixture = wrap(model, options.components(ctx), as_rank(options.rank), adaptor_bias=options.adaptor_bias,
                    init_bias="uniform" if options.paper_bias_init else "zeros",
-                   target_modules=options.target_modules, conv_variant=options.conv_variant,
+                   target_modules=targets, conv_variant=options.conv_variant,
                    paper_conv_rank_bug=options.paper_conv_rank_bug)
     lora_lr = options.lora_lr if options.lora_lr is not None else ctx.train.lr
     lr_of = damped_server_lr(ctx.server.lr, lora_lr) if options.paper_server_damping else None
     return floral(mixture, ctx.objective, lr=ctx.train.lr, lora_lr=lora_lr, router=options.router,
                   precondition=options.precondition, precondition_eps=options.precondition_eps,
                   optimal_router=options.optimal_router, server_opt=ctx.server_optimizer(lr_of),
-                  weight_decay=ctx.train.weight_decay, name=name)
+                  weight_decay=ctx.train.weight_decay, name=name, train_base=options.train_base)
 
 
 def _floral_builder(name: str):

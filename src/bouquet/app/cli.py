@@ -5,7 +5,8 @@ RUN_DIR [RUN_DIR ...] [--out DIR]`` writes figures, report.md and report.html fr
 ``bouquet compare RUN_DIR [RUN_DIR ...]`` groups runs by method and seed into one comparison report;
 ``bouquet sweep CONFIG --grid key=v1,v2`` runs a grid and compares it; ``bouquet config-reference`` prints
 every config key with its type, default and meaning; ``bouquet partition CONFIG --nodes N --out DIR`` writes the
-experiment's dataset as one data directory per Flower SuperNode (docs/flower.md, "Node-local data").
+experiment's dataset as one data directory per Flower SuperNode (docs/flower.md, "Node-local data");
+``bouquet export RUN_DIR --client K --out DIR`` writes one client's personalized model as a peft adapter.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .compare import write_compare
 from .config import load_experiment
 from .config_reference import render_markdown
 from .experiment import dataset_for_seed
+from .export import export_run
 from .report import results_table
 from .report_html import write_report
 from .rundir import parse_allowed
@@ -76,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="sweep directory: one run directory per grid point and compare/ "
                     "(default: runs/<name>-sweep-<time>)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    exp = sub.add_parser("export", help="one client's personalized model as a peft adapter directory")
+    exp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'bouquet run' (Hugging Face model)")
+    exp.add_argument("--client", type=int, required=True, help="client id (0..K-1)")
+    exp.add_argument("--algorithm", help="which of the run's algorithms (needed when it ran several)")
+    exp.add_argument("--seed", type=int, help="which of the run's seeds (needed when it ran several)")
+    exp.add_argument("--out", required=True, help="output directory (PeftModel.from_pretrained(base, OUT) loads it)")
     ref = sub.add_parser("config-reference", help="every config key with its type, default and meaning (Markdown)")
     ref.add_argument("--out", metavar="FILE", help="write it to FILE (e.g. docs/config.md) instead of printing it")
     part = sub.add_parser("partition", help="write the experiment's dataset as per-node data directories "
@@ -173,6 +181,12 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    out = export_run(args.run_dir, args.client, args.out, algorithm=args.algorithm, seed=args.seed)
+    print(f"peft adapter: {out}")
+    return 0
+
+
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     for name, spec in sorted(ALGORITHMS.items()):
         print(f"{name:20s} {spec.summary}")
@@ -212,6 +226,8 @@ def _main(args: argparse.Namespace) -> int:
             return _cmd_partition(args)
         if args.command == "config-reference":
             return _cmd_config_reference(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_algorithms(args)
     except (ConfigError, DataError, WriteError) as err:  # WriteError: a report or reference file not written
         print(f"bouquet: error: {err}", file=sys.stderr)

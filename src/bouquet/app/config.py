@@ -23,6 +23,7 @@ from ..data.spec import DataSpec
 from ..engine.robust import RobustConfig
 from ..engine.spec import RunSpec
 from ..models import MODELS
+from .init_adapter import InitConfig
 from .pretrain import PretrainConfig
 from .schema import _coerce, parse_section, plain
 
@@ -83,10 +84,11 @@ class Experiment:
     algo: dict[str, Any]  # algorithm name -> its validated options dataclass
     robust: RobustConfig = field(default_factory=RobustConfig)
     pretrain: PretrainConfig | None = None
+    init: InitConfig = field(default_factory=InitConfig)
     raw: dict = field(default_factory=dict, compare=False)
 
 
-TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo", "robust", "pretrain")
+TOP_LEVEL = ("name", "algorithms", "data", "model", "run", "train", "server", "algo", "robust", "pretrain", "init")
 
 
 def _parse_model(values: Any) -> ModelConfig:
@@ -150,6 +152,7 @@ def parse_experiment(raw: dict) -> Experiment:
         algo=algo,
         robust=parse_section(RobustConfig, raw.get("robust", {}), "robust"),
         pretrain=parse_section(PretrainConfig, raw["pretrain"], "pretrain") if "pretrain" in raw else None,
+        init=parse_section(InitConfig, raw.get("init", {}), "init"),
         raw=raw,
     )
     require(exp.run.clients_per_round <= exp.data.num_clients, "run.clients_per_round",
@@ -238,6 +241,8 @@ def resolved_dict(exp: Experiment) -> dict:
     """The fully resolved experiment as a TOML-writable mapping (defaults filled in)."""
     model = {"name": exp.model.name, **exp.model.options}
     extra = {"pretrain": plain(exp.pretrain)} if exp.pretrain is not None else {}
+    if exp.init.peft_adapter is not None:
+        extra["init"] = plain(exp.init)
     return {**extra,
         "name": exp.name, "algorithms": list(exp.algorithms), "data": plain(exp.data), "model": model,
         "run": plain(exp.run), "train": plain(exp.train), "server": plain(exp.server),

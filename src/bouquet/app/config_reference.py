@@ -22,11 +22,13 @@ from ..data.spec import DataSpec
 from ..engine.robust import RobustConfig
 from ..models import MODELS
 from .config import RunConfig
+from .init_adapter import InitConfig
 from .pretrain import PretrainConfig
 from .schema import _flattened, _type_hints
 
 TABLES: list[tuple[str, type]] = [("data", DataSpec), ("run", RunConfig), ("train", TrainConfig),
-                                  ("server", ServerConfig), ("robust", RobustConfig), ("pretrain", PretrainConfig)]
+                                  ("server", ServerConfig), ("robust", RobustConfig), ("pretrain", PretrainConfig),
+                                  ("init", InitConfig)]
 
 #: keys outside any table
 TOP_LEVEL_DOCS = {
@@ -39,6 +41,11 @@ MODEL_OPTION_DOCS = {
     "mlp.hidden": "width of the hidden layer",
     "vgg8.dropout": "dropout rate before each fully connected layer",
     "minilm.top_layers": "top transformer layers of MiniLM that are trained (the rest are frozen features)",
+    "hf.path": "a local Hugging Face checkpoint directory or .gguf file (empty: the bundled MiniLM for "
+               "sequence_classification, SmolLM2-135M for causal_lm); loaded offline, frozen",
+    "hf.head": "'causal_lm' (next-token logits; the dataset's tokenizer must be the model's) or "
+               "'sequence_classification' (a fresh head of data.num_outputs labels)",
+    "hf.attention": "transformers' attention: 'eager' (batches a round's clients under vmap) or 'sdpa'",
 }
 
 

@@ -17,6 +17,7 @@ from ..data import DataSpec, build_dataset
 from ..data.federated import DatasetInfo, FederatedDataset
 from ..models import build_model
 from .config import Experiment
+from .init_adapter import read_peft_adapter, with_initial_adaptors
 from .pretrain import load_pretrained
 
 
@@ -55,21 +56,33 @@ def seeded_model(exp: Experiment, data: FederatedDataset | DatasetInfo, seed: in
 
 
 def check_forward(exp: Experiment, data: FederatedDataset | DatasetInfo, model: nn.Module) -> None:
-    """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError."""
+    """One forward pass on a zero example (eval mode, no RNG drawn, no state changed); a failure is a ConfigError.
+
+    Token-id inputs (a dataset's int64 rows, or a Hugging Face model's ids) are probed with ids, not floats.
+    """
     dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    clients = getattr(data, "clients", None)
+    if clients:
+        first = clients[0].x_train[:1]
+        probe = first if not first.is_floating_point() else torch.zeros(1, *data.input_shape, dtype=dtype)
+    else:  # a server without rows (DatasetInfo): token ids for language models and HF checkpoints
+        ids = data.objective == "language_modeling" or hasattr(model, "checkpoint")
+        probe = torch.zeros(1, *data.input_shape, dtype=torch.long if ids else dtype)
+    expected = (1, data.num_outputs) if data.objective != "language_modeling" else (1, *data.input_shape,
+                                                                                     data.num_outputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(1, *data.input_shape, dtype=dtype))
+            out = model(probe)
     except RuntimeError as err:
         raise ConfigError(_mismatch(exp, data, err)) from None
     finally:
         model.train(was_training)
-    if tuple(out.shape) != (1, data.num_outputs):
+    if tuple(out.shape) != expected:
         raise ConfigError(f"model.name: {exp.model.name!r} on input shape {tuple(data.input_shape)} of "
                           f"{data.name!r} gives outputs of shape {tuple(out.shape[1:])}; expected "
-                          f"({data.num_outputs},) (data.num_outputs)")
+                          f"{expected[1:]} (data.num_outputs)")
 
 
 def _mismatch(exp: Experiment, data: FederatedDataset | DatasetInfo, err: RuntimeError) -> str:
@@ -87,4 +100,6 @@ def build_algorithm(exp: Experiment, data: FederatedDataset | DatasetInfo, name:
         alg = ALGORITHMS[name].build(model, build_context(exp, data), exp.algo[name])
     except ValueError as err:  # an adapter target matching no layer, a head covering the whole model, ...
         raise ConfigError(f"algo.{name}: {err}") from None
+    if exp.init.peft_adapter is not None:
+        alg = with_initial_adaptors(alg, read_peft_adapter(exp.init.peft_adapter), exp.init.peft_adapter)
     return alg, base

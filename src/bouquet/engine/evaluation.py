@@ -12,14 +12,14 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from ..algorithms import Algorithm, task_loss, task_score
-from ..algorithms.contract import ClientStates, ServerState
+from ..algorithms import Algorithm
+from ..algorithms.contract import ClientStates, ServerState, client_score
 from .batching import SplitArrays, padded_split
 
 
 @dataclass(frozen=True)
 class ClientScores:
-    """Per-client results: ``score`` is accuracy (classification) or MSE (regression)."""
+    """Per-client results: ``score`` is accuracy (classification), MSE (regression) or perplexity (LM)."""
 
     score: Tensor
     loss: Tensor
@@ -36,9 +36,7 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
     """Score ``params_fn(client_state) -> params`` of each client on its rows of ``arrays``."""
 
     def one(cs, x, y, w):
-        out = alg.apply(params_fn(cs), x)
-        s = task_score(out, y, alg.objective)
-        return (s * w).sum() / w.sum().clamp_min(1.0), task_loss(out, y, w, alg.objective)
+        return client_score(alg.apply(params_fn(cs), x), y, w, alg.objective)
 
     scores, losses = [], []
     for part in _chunks(len(clients), chunk):

@@ -15,8 +15,8 @@ from .rounds import RunState
 
 
 def metric_name(objective: str) -> str:
-    """The evaluation metric of an objective: accuracy (classification) or mse (regression)."""
-    return "accuracy" if objective == "classification" else "mse"
+    """The evaluation metric of an objective: accuracy (classification), mse (regression), perplexity (LM)."""
+    return {"classification": "accuracy", "language_modeling": "perplexity"}.get(objective, "mse")
 
 
 def is_better(metric: str, a: float, b: float) -> bool:

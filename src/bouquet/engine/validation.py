@@ -100,7 +100,13 @@ def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor, ids: Tensor 
 
 
 def example_batch(input_shape: tuple[int, ...], objective: str, target_shape: tuple[int, ...] = ()) -> dict:
-    """One synthetic example as a client's batches [S=1, B=1, ...]: zeros, label 0, weight 1."""
+    """One synthetic example as a client's batches [S=1, B=1, ...]: zeros, label 0, weight 1.
+
+    Language modelling: token ids 0 and next-token targets 0 (int64).
+    """
+    if objective == "language_modeling":
+        zeros = torch.zeros(1, 1, *input_shape, dtype=torch.long)
+        return {"x": zeros, "y": zeros.clone(), "w": torch.ones(1, 1)}
     x = torch.zeros(1, 1, *input_shape)
     y = torch.zeros(1, 1, dtype=torch.long) if objective == "classification" else torch.zeros(1, 1, *target_shape)
     return {"x": x, "y": y, "w": torch.ones(1, 1)}

