@@ -73,9 +73,9 @@ def fold_prefix(k: int) -> str:
 
 
 def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float, federated_rounds: int,
-           total_examples: int, estimator: str = "sgd_fisher", granularity: str = "client",
+           total_examples: int, estimator: str = "data", granularity: str = "client",
            bias_term: bool = True, local_init: str = "W0", damping: float = 1e-4, fisher_steps: int = 2,
-           weighted: bool = True, window: int = 5, folds: int = 2, merge_space: str = "delta",
+           weighted: bool = True, window: int = 5, folds: int = 4, merge_space: str = "delta",
            weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> Algorithm:
     """Potara over a LoRA template (see ``lora_fed.lora_model``) with the reconstruction's switches."""
     if estimator not in ESTIMATORS or merge_space not in MERGE_SPACES:
@@ -238,8 +238,9 @@ class PotaraOptions(LoraOptions):
 
     #: rounds R_f of FedIT before the final federated LoRA is downloaded
     federated_rounds: int = 5
-    #: lambda estimator: 'data' (ours), 'paper', 'sgd_fisher', 'laplace_fisher' or 'dispersion' (docs/potara.md)
-    estimator: str = "sgd_fisher"
+    #: lambda estimator: 'data' (ours, chosen on selection seeds), 'paper', 'sgd_fisher', 'laplace_fisher' or
+    #: 'dispersion' (docs/potara.md)
+    estimator: str = "data"
     #: merge 'delta' (exact dW = BA mix by rank stacking, ours) or 'factor' (A and B mixed apart, the paper's)
     merge_space: str = "delta"
     #: one lambda per 'client' or per LoRA 'layer'
@@ -256,8 +257,8 @@ class PotaraOptions(LoraOptions):
     fisher_steps: int = 2
     #: dispersion: rounds of running moments of the local LoRA's iterates
     window: int = 5
-    #: data: number K of disjoint-fold LoRAs for the local variance (2 = split-half)
-    folds: int = 2
+    #: data: number K of disjoint-fold LoRAs for the local variance (2 = split-half; 4 chosen on selection seeds)
+    folds: int = 4
 
     def check(self, s: str) -> None:
         super().check(s)
