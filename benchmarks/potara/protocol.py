@@ -76,7 +76,15 @@ def summary(res: dict, method: str, seeds: list[str]) -> dict:
     lams = [[scalar(v) for v in r["lambda"]] for r in runs]
     rho = [spearman(lam, r["nll_oracle_lambda"]) for lam, r in zip(lams, runs, strict=True)]
     pooled = spearman(sum(lams, []), sum((r["nll_oracle_lambda"] for r in runs), []))
-    return {"spearman_per_seed": rho, "spearman_pooled": pooled, "mean_lambda": st.mean(
+    out = {}
+    if all("test_nll_grid" in r for r in runs):  # noise ceiling: how well the test-NLL oracle is ranked
+        grid = np.asarray(runs[0]["grid"])
+        test_or = [list(grid[np.asarray(r["test_nll_grid"]).argmin(1)]) for r in runs]
+        out["val_vs_test_oracle"] = float(np.nanmean([spearman(r["nll_oracle_lambda"], t)
+                                                      for r, t in zip(runs, test_or, strict=True)]))
+        out["lambda_vs_test_oracle"] = float(np.nanmean([spearman(lam, t) for lam, t in zip(lams, test_or,
+                                                                                         strict=True)]))
+    return {**out, "spearman_per_seed": rho, "spearman_pooled": pooled, "mean_lambda": st.mean(
         v for lam in lams for v in lam), "cpu": st.mean(r["cpu_seconds"] for r in runs),
         "diag_cpu": st.mean(r["diagnostics_cpu_seconds"] for r in runs),
         "kb": runs[0]["bytes_per_client"] / 1e3}
@@ -94,6 +102,10 @@ def table(res: dict, method: str, seeds: list[str]) -> str:
     out.append(f"Spearman(λ, NLL-oracle λ) per seed: {rho}; pooled {s['spearman_pooled']:.2f}. Mean λ "
                f"{s['mean_lambda']:.2f}. CPU s/run {s['cpu']:.1f} (diagnostics and grids {s['diag_cpu']:.1f}); "
                f"{s['kb']:,.0f} KB/client.")
+    if "val_vs_test_oracle" in s:
+        out.append(f"Noise ceiling (diagnostic only, test rows never chose anything): Spearman(validation-NLL "
+                   f"oracle λ, test-NLL oracle λ) {s['val_vs_test_oracle']:.2f}; Spearman(λ, test-NLL oracle λ) "
+                   f"{s['lambda_vs_test_oracle']:.2f} (means over seeds).")
     return "\n".join(out)
 
 
@@ -119,13 +131,14 @@ def main() -> None:
     args = ap.parse_args()
     seeds = args.seeds.split(",")
     for path in args.results:
-        res = json.load(open(path))
+        res = json.loads(Path(path).read_text())
         for method in args.method:
             print(f"\n#### {path} — {method} (seeds {args.seeds})\n")
             print(table(res, method, seeds))
             if args.per_client_seed:
                 print()
-                diag = json.load(open(Path(path).parent / "diagnostics" / f"{method}_seed{args.per_client_seed}.json"))
+                diag_file = Path(path).parent / "diagnostics" / f"{method}_seed{args.per_client_seed}.json"
+                diag = json.loads(diag_file.read_text())
                 print(per_client(res, method, args.per_client_seed, diag))
 
 

@@ -14,7 +14,6 @@ a, b, c, d^2, bias, eta/2B, lambda, both oracle lambdas, validation accuracy and
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""Potara: schedule, exact delta-W and factor merges, engines agree, switches, oracle helpers, diagnostics, falsification."""
+"""Potara: schedule, delta-W and factor merges, engines agree, switches, oracles, diagnostics, falsification."""
 
 from dataclasses import replace
 
@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch.func import vmap
 
+from bouquet.algorithms.potara import PotaraOptions
 from bouquet.app.config import ConfigError, parse_experiment
 from bouquet.app.experiment import build_algorithm
 from bouquet.data import build_dataset, carve_validation
 from bouquet.engine.batching import SplitArrays
-from bouquet.algorithms.potara import PotaraOptions
 from bouquet.engine.lambda_oracle import GRID, closed_form_lambdas, lambda_scores, merge_diagnostics, oracle_lambdas
 from bouquet.engine.simulator import Simulator
 from bouquet.merging.closed_form import merge_delta_w
