@@ -109,6 +109,20 @@ def table(res: dict, method: str, seeds: list[str]) -> str:
     return "\n".join(out)
 
 
+SUMMARY_HEADER = ("| setting | Potara variant | accuracy | − federated | − local | − uniform 0.5 | − NLL oracle "
+                  "| Spearman(λ, NLL-oracle λ) | mean λ |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def summary_row(setting: str, res: dict, method: str, seeds: list[str]) -> str:
+    """One markdown row: accuracy and the paired CIs against the endpoints and the NLL oracle."""
+    rows = {r[0]: r for r in comparisons(res, method, seeds)}
+    ci = lambda key: "{:+.2f} [{:+.2f}, {:+.2f}]".format(*(100 * v for v in rows[key][2]))  # noqa: E731
+    s = summary(res, method, seeds)
+    return (f"| {setting} | {method} | {100 * rows['Potara (closed form)'][1]:.2f} | {ci('federated (λ=1)')} | "
+            f"{ci('local (λ=0)')} | {ci('uniform λ=0.5')} | {ci('NLL oracle (val)')} | "
+            f"{s['spearman_pooled']:.2f} | {s['mean_lambda']:.2f} |")
+
+
 def per_client(res: dict, method: str, seed: str, diag: dict) -> str:
     """Markdown per-client table of one seed: endpoints, merged, lambda and both oracle lambdas."""
     r = res["methods"][method][seed]
@@ -128,8 +142,16 @@ def main() -> None:
     ap.add_argument("--seeds", required=True)
     ap.add_argument("--method", action="append", required=True)
     ap.add_argument("--per-client-seed", default=None)
+    ap.add_argument("--summary", action="store_true", help="one row per (results file, method)")
     args = ap.parse_args()
     seeds = args.seeds.split(",")
+    if args.summary:
+        print(SUMMARY_HEADER)
+        for path in args.results:
+            res = json.loads(Path(path).read_text())
+            for method in args.method:
+                print(summary_row(Path(path).parent.name, res, method, seeds))
+        return
     for path in args.results:
         res = json.loads(Path(path).read_text())
         for method in args.method:
