@@ -71,6 +71,7 @@ _EXPORTS = {
     "RunSpec": "bouquet.engine.spec",
     "RunState": "bouquet.engine.rounds",
     "RobustConfig": "bouquet.engine.robust",
+    "merge_diagnostics": "bouquet.engine.lambda_oracle",
     # experiments
     "Experiment": "bouquet.app.config",
     "load_experiment": "bouquet.app.config",

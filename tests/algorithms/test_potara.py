@@ -1,4 +1,4 @@
-"""Potara: communication schedule, exact delta-W personalization, engines agree, switches, oracle helpers."""
+"""Potara: schedule, delta-W and factor merges, engines agree, switches, oracles, diagnostics, falsification."""
 
 from dataclasses import replace
 
@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch.func import vmap
 
+from bouquet.algorithms.potara import PotaraOptions
 from bouquet.app.config import ConfigError, parse_experiment
 from bouquet.app.experiment import build_algorithm
 from bouquet.data import build_dataset, carve_validation
 from bouquet.engine.batching import SplitArrays
-from bouquet.engine.lambda_oracle import GRID, closed_form_lambdas, lambda_scores, oracle_lambdas
+from bouquet.engine.lambda_oracle import GRID, closed_form_lambdas, lambda_scores, merge_diagnostics, oracle_lambdas
 from bouquet.engine.simulator import Simulator
 from bouquet.merging.closed_form import merge_delta_w
 
@@ -75,7 +76,7 @@ def test_personalize_is_the_delta_w_merge_with_the_closed_form_lambda(data):
     assert torch.allclose(out0, alg.apply({k: v[0] for k, v in local.items()}, x), atol=1e-5)
 
 
-@pytest.mark.parametrize("estimator", ["laplace_fisher", "sgd_fisher", "dispersion"])
+@pytest.mark.parametrize("estimator", ["laplace_fisher", "sgd_fisher", "dispersion", "paper", "data"])
 def test_vectorized_and_sequential_engines_agree(data, estimator):
     exp = _exp(estimator=estimator)
     _, sim_v, st_v, _ = _run(exp, data, rounds=3)
@@ -133,3 +134,70 @@ def test_options_are_validated():
         _exp(local_init="random")
     with pytest.raises(ConfigError, match="algo.potara.federated_rounds"):
         _exp(federated_rounds=0)
+
+
+# --- the falsification test: lambda must follow the data, not the optimizer ------------------------------
+
+FIXED_TASK = {
+    "name": "potara_falsify",
+    "data": {"name": "digits", "num_clients": 6, "num_clusters": 1, "shift": "none", "partition": "dirichlet",
+             "alpha": 0.5, "seed": 0, "train_per_client": 60, "test_per_client": 40},
+    "model": {"name": "mlp", "hidden": 32},
+    "pretrain": {"mode": "centralized", "rows": 500, "epochs": 10, "lr": 0.1},
+    "run": {"rounds": 8, "clients_per_round": 6, "batch_size": 16, "eval_every": 8},
+    "train": {"lr": 0.1},
+    "algo": {"potara": {"rank": 4, "federated_rounds": 4, "local_init": "federated"}},
+}
+#: doubling the batch or halving the learning rate may move lambda by at most this fraction of its mean
+TOLERANCE = 0.25
+
+
+def _lambdas(estimator: str, lr: float, batch_size: int) -> torch.Tensor:
+    raw = {**FIXED_TASK, "run": {**FIXED_TASK["run"], "batch_size": batch_size}, "train": {"lr": lr},
+           "algo": {"potara": {**FIXED_TASK["algo"]["potara"], "estimator": estimator}}}
+    exp = parse_experiment(raw)
+    data = build_dataset(exp.data)
+    alg, sim, state, _ = _run(exp, data, rounds=exp.run.rounds)
+    return closed_form_lambdas(alg, state.server, state.clients)
+
+
+def _moves(estimator: str) -> tuple[float, float]:
+    """Mean |delta lambda| over clients / mean lambda, for 2x batch size and for lr / 2."""
+    base = _lambdas(estimator, 0.1, 16)
+    scale = float(base.mean())
+    return (float((_lambdas(estimator, 0.1, 32) - base).abs().mean()) / scale,
+            float((_lambdas(estimator, 0.05, 16) - base).abs().mean()) / scale)
+
+
+def test_default_estimator_lambda_does_not_follow_batch_size_or_learning_rate():
+    default = PotaraOptions().estimator
+    batch_move, lr_move = _moves(default)
+    assert batch_move < TOLERANCE and lr_move < TOLERANCE, (default, batch_move, lr_move)
+
+
+def test_sgd_stationary_estimator_fails_the_falsification_test():
+    # lambda = (eta / 2B) / <dtheta^2>_F: the optimizer's noise scale, so it moves with B and eta
+    batch_move, lr_move = _moves("sgd_fisher")
+    assert batch_move > TOLERANCE and lr_move > TOLERANCE, (batch_move, lr_move)
+
+
+def test_factor_merge_space_and_lambda_diagnostics(data):
+    alg, sim, state, _ = _run(_exp(merge_space="factor", estimator="paper"), data)
+    lam = closed_form_lambdas(alg, state.server, state.clients)
+    personal = vmap(lambda cs: alg.personalize(state.server, cs))(state.clients)
+    local = {k.removeprefix("local."): v for k, v in state.clients.items() if k.startswith("local.")}
+    for k, v in state.server["params"].items():
+        expect = lam.view(-1, *[1] * v.dim()) * v + (1 - lam.view(-1, *[1] * v.dim())) * local[k]
+        assert torch.allclose(personal[k], expect, atol=1e-6)
+    train, held = carve_validation(data, 0.25, seed=0)
+    alg, _, state, _ = _run(_exp(estimator="data"), train)
+    diag = merge_diagnostics(alg, state.server, state.clients, SplitArrays.from_dataset(held, "test"))
+    for key in ("a", "b", "c", "d2", "bias", "eta_over_2b", "lambda", "lambda_nll_oracle", "lambda_acc_oracle"):
+        assert len(diag[key]) == 4, key
+    nll = torch.tensor(diag["val_nll"])
+    assert nll.shape == (4, len(GRID))
+    assert torch.allclose(torch.tensor(diag["lambda_nll_oracle"], dtype=torch.float64),
+                          torch.tensor(GRID, dtype=torch.float64)[nll.argmin(1)])
+    b, d2 = torch.tensor(diag["b"]), torch.tensor(diag["d2"])
+    assert bool((b > 0).all()) and bool((d2 > 0).all())
+    assert diag["eta_over_2b"] == [pytest.approx(0.1 / 32)] * 4

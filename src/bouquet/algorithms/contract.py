@@ -89,12 +89,14 @@ class Merging:
     """Hooks of an algorithm that merges two models per client with a weight lambda (Potara).
 
     ``merge(server, client_state, lam)`` gives the personalized parameters at any lambda (a scalar, or
-    one per layer of ``layers``); ``weight(server, client_state)`` is the algorithm's own lambda.
+    one per layer of ``layers``); ``weight(server, client_state)`` is the algorithm's own lambda;
+    ``terms(server, client_state)``, if set, the named quantities lambda is computed from (diagnostics).
     """
 
     merge: Callable[[ServerState, Mapping[str, Tensor], Tensor], Params]
     weight: Callable[[ServerState, Mapping[str, Tensor]], Tensor]
     layers: tuple[str, ...] | None = None
+    terms: Callable[[ServerState, Mapping[str, Tensor]], dict[str, Tensor]] | None = None
 
 
 ReportFn = Callable[[ServerState, Mapping[str, Tensor], Tensor], dict]

@@ -19,19 +19,50 @@ from .evaluation import score_params
 GRID = tuple(round(0.05 * i, 2) for i in range(21))
 
 
-def lambda_scores(alg: Algorithm, server: ServerState, client_states: dict, arrays: SplitArrays,
-                  grid: tuple[float, ...] = GRID, *, chunk: int = 64) -> Tensor:
-    """Score [K, G] of every client's merged model for every lambda of ``grid`` (``alg.merging.merge``)."""
+def lambda_grid(alg: Algorithm, server: ServerState, client_states: dict, arrays: SplitArrays,
+                grid: tuple[float, ...] = GRID, *, chunk: int = 64) -> tuple[Tensor, Tensor]:
+    """(score, mean NLL), each [K, G], of every client's merged model for every lambda of ``grid``."""
     merge = _merging(alg).merge
     clients = torch.arange(len(arrays.sizes))
-    cols = []
+    scores, losses = [], []
     with torch.no_grad():
         for lam in grid:
             value = torch.tensor(float(lam))
             res = score_params(alg, lambda cs, v=value: merge(server, cs, v), client_states, arrays, clients,
                                chunk=chunk)
-            cols.append(res.score)
-    return torch.stack(cols, dim=1)
+            scores.append(res.score)
+            losses.append(res.loss)
+    return torch.stack(scores, dim=1), torch.stack(losses, dim=1)
+
+
+def lambda_scores(alg: Algorithm, server: ServerState, client_states: dict, arrays: SplitArrays,
+                  grid: tuple[float, ...] = GRID, *, chunk: int = 64) -> Tensor:
+    """Score [K, G] of every client's merged model for every lambda of ``grid`` (``alg.merging.merge``)."""
+    return lambda_grid(alg, server, client_states, arrays, grid, chunk=chunk)[0]
+
+
+def merge_terms(alg: Algorithm, server: ServerState, client_states: dict) -> dict[str, Tensor]:
+    """The quantities each client's lambda is computed from (``Merging.terms``), stacked [K, ...]."""
+    terms = _merging(alg).terms
+    if terms is None:
+        raise ValueError(f"algorithm {alg.name!r} does not expose its lambda's terms")
+    with torch.no_grad():
+        return vmap(lambda cs: terms(server, cs))(client_states)
+
+
+def merge_diagnostics(alg: Algorithm, server: ServerState, client_states: dict, val: SplitArrays,
+                      grid: tuple[float, ...] = GRID) -> dict:
+    """Per client: the lambda terms (a, b, c, d^2, bias, eta/2B, lambda), the validation accuracy and NLL
+    along ``grid`` (the linear-mode-connectivity curve), and the accuracy- and NLL-oracle lambdas.
+
+    ``val`` must be validation rows carved from training rows, never test rows.
+    """
+    acc, nll = lambda_grid(alg, server, client_states, val, grid)
+    out = {k: v.tolist() for k, v in merge_terms(alg, server, client_states).items()}
+    out.update({"grid": list(grid), "val_accuracy": acc.tolist(), "val_nll": nll.tolist(),
+                "lambda_acc_oracle": oracle_lambdas(acc, grid).tolist(),
+                "lambda_nll_oracle": oracle_lambdas(nll, grid, higher_is_better=False).tolist()})
+    return out
 
 
 def closed_form_lambdas(alg: Algorithm, server: ServerState, client_states: dict) -> Tensor:

@@ -22,21 +22,31 @@ from torch.func import grad, vmap
 
 from .closed_form import reduce_groups
 
-ESTIMATORS = ("laplace_fisher", "sgd_fisher", "dispersion")
+#: every Potara estimator: ours ('data', in merging.data_weight), the paper's, and the earlier reconstructions
+ESTIMATORS = ("data", "paper", "sgd_fisher", "laplace_fisher", "dispersion")
 Params = dict[str, Tensor]
 LogLik = Callable[[Params, Tensor, Tensor], Tensor]  # (params, x [1, ...], y [1, ...]) -> log p(y | x)
 
 
-def diagonal_fisher(loglik: LogLik, params: Mapping[str, Tensor], x: Tensor, y: Tensor, w: Tensor) -> Params:
-    """Diagonal empirical Fisher E_w[(d log p(y|x) / d theta)^2] over the weighted examples (w = 0: padding)."""
+def per_example_grads(loglik: LogLik, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Params:
+    """d log p(y_i | x_i) / d theta for every example i (leading dim = examples)."""
 
     def one(xi: Tensor, yi: Tensor) -> Params:
         return grad(loglik)(dict(params), xi.unsqueeze(0), yi.unsqueeze(0))
 
-    grads = vmap(one)(x, y)
+    return vmap(one)(x, y)
+
+
+def fisher_from_grads(grads: Mapping[str, Tensor], w: Tensor) -> Params:
+    """Diagonal empirical Fisher E_w[g^2] from per-example gradients (w = 0: padding)."""
     total = w.sum().clamp_min(1.0)
     shape = lambda g: (-1,) + (1,) * (g.dim() - 1)  # noqa: E731
     return {k: (g.pow(2) * w.to(g.dtype).reshape(shape(g))).sum(0) / total for k, g in grads.items()}
+
+
+def diagonal_fisher(loglik: LogLik, params: Mapping[str, Tensor], x: Tensor, y: Tensor, w: Tensor) -> Params:
+    """Diagonal empirical Fisher E_w[(d log p(y|x) / d theta)^2] over the weighted examples (w = 0: padding)."""
+    return fisher_from_grads(per_example_grads(loglik, params, x, y), w)
 
 
 def laplace_trace(fisher: Mapping[str, Tensor], n: Tensor | float, damping: float,
