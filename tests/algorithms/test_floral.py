@@ -5,7 +5,7 @@ import json
 import torch
 from torch import nn
 
-from bouquet.algorithms import ALGORITHMS
+from bouquet.algorithms import ALGORITHMS, StepInfo
 from bouquet.algorithms.floral import RouterConfig, damped_server_lr, floral, wrap
 from bouquet.algorithms.routing import MIXTURE_WEIGHT, ROUTER
 from bouquet.app.cli import main
@@ -189,3 +189,34 @@ def test_router_steps_refresh_the_router_on_the_downloaded_model_before_training
     both = torch.vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
         payload, {ROUTER: torch.zeros(2, 2)}, stacked)
     torch.testing.assert_close(both[ROUTER][0], trainable[ROUTER])
+
+
+def test_router_is_exempt_from_weight_decay():
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), "regression", lr=0.1, weight_decay=0.5)
+    server, clients = alg.init(torch.Generator(), torch.tensor([0, 1]))
+    params = {**alg.broadcast(server), ROUTER: torch.tensor([1.0, -1.0])}
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    upd, _ = alg.local_update.update(zeros, alg.local_update.init(params), params, StepInfo(0, torch.tensor(1), {}))
+    assert not upd[ROUTER].any()
+    assert upd["model.base.weight"].abs().sum() > 0
+
+
+def test_zero_router_init_has_a_router_gradient_after_one_round():
+    """Zero logits and B = 0 make the router gradient 0 at the first step only: the A_c are drawn
+    independently, so after one round the adaptors differ and the router moves (docs/floral.md)."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(lr=0.1, init_std=0.0))
+    server, _ = alg.init(torch.Generator(), data.clusters)
+    c = data.clients[0]
+    batch = {"x": c.x_train, "y": c.y_train, "w": torch.ones(len(c.y_train))}
+    cs = {ROUTER: torch.zeros(2)}
+
+    def router_grad(srv):
+        tr = alg.client_init(alg.broadcast(srv), cs, {k: v[None] for k, v in batch.items()})
+        return torch.func.grad(lambda t: alg.loss(t, {}, cs, batch))(tr)[ROUTER]
+
+    assert router_grad(server).abs().max() < 1e-7
+    _, state, _ = _run(alg, data, 1)
+    assert router_grad(state.server).abs().max() > 1e-4

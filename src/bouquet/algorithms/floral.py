@@ -83,7 +83,7 @@ def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: flo
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     update = local_sgd(lr, lr_of=rates.of, weight_decay_rate=weight_decay,
-                       precondition_eps=precondition_eps if precondition else None)
+                       precondition_eps=precondition_eps if precondition else None, decay_exempt=("router.",))
     return Algorithm(name=name, model=model, objective=objective, **routed.functions(), aggregate=aggregate,
                      local_update=update, private_keys=("router.",),
                      loss_spec=LossSpec(router=rc) if rc.closed_form else None,
