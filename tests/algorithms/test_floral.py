@@ -220,3 +220,32 @@ def test_zero_router_init_has_a_router_gradient_after_one_round():
     assert router_grad(server).abs().max() < 1e-7
     _, state, _ = _run(alg, data, 1)
     assert router_grad(state.server).abs().max() > 1e-4
+
+
+def test_em_router_step_is_prior_times_likelihood_mixed_with_uniform():
+    """router_select = "em": pi <- (1 - e) * softmax(log pi - n_k * loss_c) + e / C at each visit."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    rc = RouterConfig(select="em", explore=0.1, temperature=2.0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=rc)
+    _, state, _ = _run(alg, data, 5)  # adaptors now differ
+    payload = alg.broadcast(state.server)
+    c = data.clients[2]
+    batches = {"x": c.x_train[None], "y": c.y_train[None], "w": torch.ones(1, len(c.y_train))}
+    prior = torch.tensor([0.3, -0.2])
+    logits = alg.client_init(payload, {ROUTER: prior}, batches)[ROUTER]
+    losses = torch.stack([((alg.apply({**payload, ROUTER: torch.tensor(v)}, c.x_train) - c.y_train) ** 2)
+                          .sum(-1).mean() for v in ([0.0, -1e4], [-1e4, 0.0])])
+    post = torch.softmax(torch.log_softmax(prior / 2.0, -1) - len(c.y_train) * losses, -1)
+    torch.testing.assert_close(torch.softmax(logits / 2.0, -1), 0.9 * post + 0.05, rtol=1e-4, atol=1e-5)
+    assert alg.local_update.plain_sgd().rate(ROUTER) == 0.0  # set by the EM step, not by SGD
+
+
+def test_em_router_recovers_clusters_and_logs_entropy_and_drift():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=10, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(select="em"))
+    sim, state, _ = _run(alg, data, 150)
+    ev = sim.evaluate(state)
+    assert ev["router_ari"] == 1.0 and ev["mean"] < 0.05
+    assert 0 <= ev["router_entropy"] < 0.5 and ev["router_drift"] > 1.0

@@ -20,8 +20,7 @@ from .floral import RoutedOptions
 from .local_update import local_sgd
 from .registry import BuildContext, register
 from .routed import routed_functions
-from .routing import (MIXTURE_WEIGHT, ROUTER, RouterConfig, component_weights, routed_mean, router_field,
-                      router_report)
+from .routing import MIXTURE_WEIGHT, ROUTER, RouterConfig, component_weights, routed_mean, router_field, router_report
 from .server_opt import ServerOptimizer, server_sgd
 
 
@@ -61,7 +60,7 @@ def ensemble(model: nn.Module, objective: Objective, num_models: int, *, lr: flo
                      local_update=update, private_keys=("router.",),
                      loss_spec=LossSpec(router=rc) if kernels else None,
                      param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
-                     report=router_report())
+                     report=router_report(initial=routed.initial, temperature=rc.temperature))
 
 
 @dataclass(frozen=True)
@@ -94,6 +93,7 @@ def _ensemble_builder(name: str):
     return build
 
 
-register("ensemble", EnsembleOptions, "Ensemble: C full models mixed by a private router")(_ensemble_builder("ensemble"))
+register("ensemble", EnsembleOptions,
+         "Ensemble: C full models mixed by a private router")(_ensemble_builder("ensemble"))
 register("ensemble_opt", EnsembleOptimalOptions,
          "Ensemble with the optimal (true-cluster) router")(_ensemble_builder("ensemble_opt"))
