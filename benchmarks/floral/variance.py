@@ -129,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--algorithms", default="fedavg,floral,ensemble")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=300)
-    p.add_argument("--set", action="append", default=[], help="<algorithm>:<key>=<value> run as its own entry")
     p.add_argument("--out", required=True)
     p.add_argument("--figure", default=None)
+    p.add_argument("--plot-only", action="store_true", help="read --out instead of running")
     args = p.parse_args(argv)
-    results = {a: measure(args.config, a, args.seed, args.rounds) for a in args.algorithms.split(",")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results))
+    if args.plot_only:
+        results = json.loads(Path(args.out).read_text())
+    else:
+        results = {a: measure(args.config, a, args.seed, args.rounds) for a in args.algorithms.split(",")}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(results))
     for name, recs in results.items():
         last = recs[-50:]
         print(name, {k: float(np.mean([r[k] for r in last])) for k in last[0]})
