@@ -81,6 +81,8 @@ def variants(task: str) -> list[str]:
 
 
 def label(variant: str) -> str:
+    if variant == "floral@em":  # the same runs as the floral_em preset
+        return "FLoRAL 1%, EM router (ours, `floral_em`)"
     algorithm, _, tag = variant.partition("@")
     name = LABEL.get(algorithm, algorithm)
     return f"{name} [{tag}]" if tag else name

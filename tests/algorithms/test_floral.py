@@ -146,6 +146,9 @@ def test_paper_preset_options():
     opts = ALGORITHMS["floral_paper"].options()
     assert (opts.router.noise, opts.router.floor, opts.router.init_std) == (1.0, 0.01, 0.0)
     assert opts.paper_bias_init and opts.paper_server_damping and opts.paper_conv_rank_bug
+    assert ALGORITHMS["floral_clean"].options().router == RouterConfig()  # the paper's clean form
+    em = ALGORITHMS["floral_em"].options().router
+    assert (em.select, em.explore, em.init_std) == ("em", 0.05, 1.0)
     clean = ALGORITHMS["floral"].options()
     assert (clean.router.noise, clean.router.floor, clean.paper_bias_init, clean.paper_server_damping) == (
         0.0, 0.0, False, False)

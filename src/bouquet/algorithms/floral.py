@@ -175,6 +175,13 @@ class FloralCleanOptions(FloralOptions):
 
 
 @dataclass(frozen=True)
+class FloralEMOptions(FloralOptions):
+    """Ours: FLoRAL 1% whose routers take an EM step per visit (explore 0.05, chosen on selection seeds)."""
+
+    router: RouterConfig = router_field(init_std=1.0, select="em", explore=0.05)
+
+
+@dataclass(frozen=True)
 class FloralPaperOptions(FloralOptions):
     """The official code's behaviour: noise 1, floor 0.01, random adaptor bias, damped server, conv rank bug."""
 
@@ -216,6 +223,7 @@ for _name, _opts, _summary in (
     ("floral_opt", FloralOptimalOptions, "FLoRAL 1% with the optimal (true-cluster) router"),
     ("floral_10_opt", Floral10OptimalOptions, "FLoRAL 10% with the optimal (true-cluster) router"),
     ("floral_clean", FloralCleanOptions, "FLoRAL 1% in the paper's clean form: zero router init, temperature 1"),
+    ("floral_em", FloralEMOptions, "FLoRAL 1% with EM routers: pi_c proportional to pi_c exp(-n_k loss_c) (ours)"),
     ("floral_paper", FloralPaperOptions, "FLoRAL as the official code runs it (noise, floor, bias init, damping)"),
 ):
     register(_name, _opts, _summary)(_floral_builder(_name))
