@@ -80,3 +80,38 @@ def test_vectorized_and_sequential_engines_agree():
     for k, v in finals[0].server["params"].items():
         torch.testing.assert_close(v, finals[1].server["params"][k], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(finals[0].clients[ROUTER], finals[1].clients[ROUTER], atol=1e-5, rtol=1e-4)
+
+
+def test_official_defaults_noise_one_and_member_skip():
+    # The official Ensemble: router noise 1.0 and members with pi_c < 1e-3 left out; both switchable.
+    from bouquet.algorithms.ensemble import EnsembleOptimalOptions, EnsembleOptions
+
+    opts = EnsembleOptions()
+    assert opts.router.noise == 1.0 and opts.skip_below == 1e-3
+    assert EnsembleOptimalOptions().router.noise == 0.0 and EnsembleOptimalOptions().optimal_router
+    torch.manual_seed(0)
+    alg = ensemble(nn.Linear(3, 2), "regression", 2, lr=0.1)
+    assert alg.loss_spec is None and alg.model.skip_below == 1e-3  # noisy and skipping: the autograd path
+    assert ensemble(nn.Linear(3, 2), "regression", 2, lr=0.1, router=RouterConfig(),
+                    skip_below=0.0).loss_spec is not None
+    net: EnsembleModel = alg.model
+    x = torch.randn(4, 3)
+    pi = torch.tensor([1 - 5e-4, 5e-4])
+    torch.testing.assert_close(net(x, pi=pi), pi[0] * net.members[0](x))
+    net(x, pi=pi).sum().backward()
+    assert net.members[1].weight.grad is None or not net.members[1].weight.grad.any()
+    assert net.members[0].weight.grad.abs().sum() > 0
+    mixed = EnsembleModel([net.members[0], net.members[1]], net.router, skip_below=0.0)
+    torch.testing.assert_close(mixed(x, pi=pi), pi[0] * net.members[0](x) + pi[1] * net.members[1](x))
+
+
+def test_official_router_noise_still_recovers_the_clusters():
+    data = _data()
+    torch.manual_seed(0)
+    alg = ensemble(nn.Linear(10, 3), data.objective, 2, lr=0.1)  # defaults: noise 1.0, skip 1e-3
+    sim = Simulator(alg, data, RunSpec(rounds=150, clients_per_round=10, batch_size=4))
+    state = sim.init_state()
+    for _ in range(150):
+        state, _ = sim.run_round(state)
+    assert sim.evaluate(state)["mean"] < 0.05
+    assert alg.report(state.server, state.clients, data.clusters)["router_ari"] == 1.0

@@ -5,7 +5,7 @@ import json
 import torch
 from torch import nn
 
-from bouquet.algorithms import ALGORITHMS
+from bouquet.algorithms import ALGORITHMS, StepInfo
 from bouquet.algorithms.floral import RouterConfig, damped_server_lr, floral, wrap
 from bouquet.algorithms.routing import MIXTURE_WEIGHT, ROUTER
 from bouquet.app.cli import main
@@ -146,6 +146,9 @@ def test_paper_preset_options():
     opts = ALGORITHMS["floral_paper"].options()
     assert (opts.router.noise, opts.router.floor, opts.router.init_std) == (1.0, 0.01, 0.0)
     assert opts.paper_bias_init and opts.paper_server_damping and opts.paper_conv_rank_bug
+    assert ALGORITHMS["floral_clean"].options().router == RouterConfig()  # the paper's clean form
+    em = ALGORITHMS["floral_em"].options().router
+    assert (em.select, em.explore, em.init_std) == ("em", 0.05, 1.0)
     clean = ALGORITHMS["floral"].options()
     assert (clean.router.noise, clean.router.floor, clean.paper_bias_init, clean.paper_server_damping) == (
         0.0, 0.0, False, False)
@@ -189,3 +192,63 @@ def test_router_steps_refresh_the_router_on_the_downloaded_model_before_training
     both = torch.vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
         payload, {ROUTER: torch.zeros(2, 2)}, stacked)
     torch.testing.assert_close(both[ROUTER][0], trainable[ROUTER])
+
+
+def test_router_is_exempt_from_weight_decay():
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), "regression", lr=0.1, weight_decay=0.5)
+    server, clients = alg.init(torch.Generator(), torch.tensor([0, 1]))
+    params = {**alg.broadcast(server), ROUTER: torch.tensor([1.0, -1.0])}
+    zeros = {k: torch.zeros_like(v) for k, v in params.items()}
+    upd, _ = alg.local_update.update(zeros, alg.local_update.init(params), params, StepInfo(0, torch.tensor(1), {}))
+    assert not upd[ROUTER].any()
+    assert upd["model.base.weight"].abs().sum() > 0
+
+
+def test_zero_router_init_has_a_router_gradient_after_one_round():
+    """Zero logits and B = 0 make the router gradient 0 at the first step only: the A_c are drawn
+    independently, so after one round the adaptors differ and the router moves (docs/floral.md)."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(lr=0.1, init_std=0.0))
+    server, _ = alg.init(torch.Generator(), data.clusters)
+    c = data.clients[0]
+    batch = {"x": c.x_train, "y": c.y_train, "w": torch.ones(len(c.y_train))}
+    cs = {ROUTER: torch.zeros(2)}
+
+    def router_grad(srv):
+        tr = alg.client_init(alg.broadcast(srv), cs, {k: v[None] for k, v in batch.items()})
+        return torch.func.grad(lambda t: alg.loss(t, {}, cs, batch))(tr)[ROUTER]
+
+    assert router_grad(server).abs().max() < 1e-7
+    _, state, _ = _run(alg, data, 1)
+    assert router_grad(state.server).abs().max() > 1e-4
+
+
+def test_em_router_step_is_prior_times_likelihood_mixed_with_uniform():
+    """router_select = "em": pi <- (1 - e) * softmax(log pi - n_k * loss_c) + e / C at each visit."""
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=4, num_clusters=2))
+    torch.manual_seed(0)
+    rc = RouterConfig(select="em", explore=0.1, temperature=2.0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=rc)
+    _, state, _ = _run(alg, data, 5)  # adaptors now differ
+    payload = alg.broadcast(state.server)
+    c = data.clients[2]
+    batches = {"x": c.x_train[None], "y": c.y_train[None], "w": torch.ones(1, len(c.y_train))}
+    prior = torch.tensor([0.3, -0.2])
+    logits = alg.client_init(payload, {ROUTER: prior}, batches)[ROUTER]
+    losses = torch.stack([((alg.apply({**payload, ROUTER: torch.tensor(v)}, c.x_train) - c.y_train) ** 2)
+                          .sum(-1).mean() for v in ([0.0, -1e4], [-1e4, 0.0])])
+    post = torch.softmax(torch.log_softmax(prior / 2.0, -1) - len(c.y_train) * losses, -1)
+    torch.testing.assert_close(torch.softmax(logits / 2.0, -1), 0.9 * post + 0.05, rtol=1e-4, atol=1e-5)
+    assert alg.local_update.plain_sgd().rate(ROUTER) == 0.0  # set by the EM step, not by SGD
+
+
+def test_em_router_recovers_clusters_and_logs_entropy_and_drift():
+    data = build_dataset(DataSpec(name="synthetic_linear", num_clients=10, num_clusters=2))
+    torch.manual_seed(0)
+    alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, router=RouterConfig(select="em"))
+    sim, state, _ = _run(alg, data, 150)
+    ev = sim.evaluate(state)
+    assert ev["router_ari"] == 1.0 and ev["mean"] < 0.05
+    assert 0 <= ev["router_entropy"] < 0.5 and ev["router_drift"] > 1.0

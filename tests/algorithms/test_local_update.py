@@ -65,3 +65,14 @@ def test_alternate_moves_the_head_first_then_the_body():
     # an odd count rounds the head's share up: 3 real steps -> 2 head steps, 1 body step
     out, _ = stage.update(g, {}, _params(), StepInfo(1, torch.tensor(3), {}))
     assert bool(out["w"].abs().sum() == 0) and bool(out["b"].abs().sum() > 0)
+
+
+def test_weight_decay_exempts_named_prefixes_and_leaves_the_fused_path():
+    update = local_sgd(0.1, weight_decay_rate=0.5, decay_exempt=("router.",))
+    assert update.plain_sgd() is None  # the fused paths decay everything: exemptions take the general path
+    p = {"w": torch.ones(2), "router.logits": torch.full((3,), 2.0)}
+    g = {k: torch.zeros_like(v) for k, v in p.items()}
+    upd, _ = update.update(g, update.init(p), p, StepInfo(0, torch.tensor(1), {}))
+    torch.testing.assert_close(upd["w"], -0.1 * 0.5 * p["w"])
+    assert not upd["router.logits"].any()
+    assert local_sgd(0.1, decay_exempt=("router.",)).plain_sgd() is not None  # no decay: nothing to exempt

@@ -60,3 +60,14 @@ def test_seeds() -> None:
     c = build_dataset(DataSpec("synthetic_linear", 4, 2, seed=1))
     assert torch.equal(a.clients[1].y_train, b.clients[1].y_train)
     assert not torch.equal(a.clients[1].y_train, c.clients[1].y_train)
+
+
+def test_mlp_teacher_is_the_official_shape() -> None:
+    # Official generator: W is dim x dim (teacher hidden layer 10 wide, not the student's 20), W_out ~ N(0, 1/10).
+    p = synthetic_parameters("synthetic_mlp", 4, 0)
+    assert p["W"].shape == (10, 10) and p["b"].shape == (10,) and p["v"].shape == (4, 10, 1)
+    assert p["W_out"].shape == (10, 1)
+    many = torch.cat([synthetic_parameters("synthetic_mlp", 4, s)["W_out"] for s in range(200)])
+    assert abs(float(many.var()) - 0.1) < 0.02
+    ds = build_dataset(DataSpec("synthetic_mlp", 4, 4))
+    assert ds.meta["teacher_hidden"] == 10 and ds.meta["hidden"] == 20 and ds.meta["model_params"] == 241

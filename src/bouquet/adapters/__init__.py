@@ -6,7 +6,7 @@ Parameter names inside a `MixtureModel`: `model.<path>.base.<weight|bias>` (the 
 mixes whole models instead.
 """
 
-from .ensemble import MEMBERS, EnsembleModel, independent_copies, member_of, reinitialize
+from .ensemble import MEMBERS, SKIP_BELOW, EnsembleModel, independent_copies, member_of, reinitialize
 from .functional import conv_delta_kernel, conv_rank_dims, mixture_conv2d_delta, mixture_linear_delta, resolve_rank
 from .inject import (
     adaptor_parameter_count,
@@ -24,6 +24,7 @@ from .precondition import precondition_conv, precondition_linear, precondition_l
 __all__ = [
     "CONV_VARIANTS",
     "MEMBERS",
+    "SKIP_BELOW",
     "ConvSplit",
     "EnsembleModel",
     "MixtureContext",

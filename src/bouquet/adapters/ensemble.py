@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from .mixture import Router
 
 MEMBERS = "members."
+SKIP_BELOW = 1e-3  # the official Ensemble leaves out members whose pi_c is below this
 
 
 def reinitialize(module: nn.Module) -> nn.Module:
@@ -27,19 +28,26 @@ def independent_copies(model: nn.Module, num: int) -> list[nn.Module]:
 
 
 class EnsembleModel(nn.Module):
-    """C member models and a router; parameters ``members.<c>.<name>`` and ``router.logits``."""
+    """C member models and a router; parameters ``members.<c>.<name>`` and ``router.logits``.
 
-    def __init__(self, members: list[nn.Module], router: Router) -> None:
+    ``skip_below`` > 0 leaves out (weight 0, no gradient) the members whose pi_c is below it, as the
+    official Ensemble does with 1e-3; 0 mixes every member.
+    """
+
+    def __init__(self, members: list[nn.Module], router: Router, skip_below: float = 0.0) -> None:
         super().__init__()
         if len(members) != router.num_adaptors:
             raise ValueError(f"{len(members)} members but the router mixes {router.num_adaptors}")
         self.members = nn.ModuleList(members)
         self.router = router
+        self.skip_below = skip_below
 
     def forward(self, x: Tensor, pi: Tensor | None = None) -> Tensor:
         """The pi-weighted sum of the members' outputs (logits for classification)."""
         if pi is None:
             pi = torch.softmax(self.router.logits, dim=-1)
+        if self.skip_below:
+            pi = torch.where(pi < self.skip_below, torch.zeros_like(pi), pi)
         return sum(pi[c] * m(x) for c, m in enumerate(self.members))
 
 

@@ -87,12 +87,12 @@ def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: flo
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     update = local_sgd(lr, lr_of=rates.of, weight_decay_rate=weight_decay,
-                       precondition_eps=precondition_eps if precondition else None)
+                       precondition_eps=precondition_eps if precondition else None, decay_exempt=("router.",))
     return Algorithm(name=name, model=model, objective=objective, **routed.functions(), aggregate=aggregate,
                      local_update=update, private_keys=("router.",),
                      loss_spec=LossSpec(router=rc) if rc.closed_form else None,
                      param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
-                     report=router_report())
+                     report=router_report(initial=routed.initial, temperature=rc.temperature))
 
 
 def damped_server_lr(server_lr: float, lora_lr: float):
@@ -176,6 +176,20 @@ class Floral10OptimalOptions(FloralOptions):
 
 
 @dataclass(frozen=True)
+class FloralCleanOptions(FloralOptions):
+    """The paper's method without the official code's extras: zero initial logits, temperature 1."""
+
+    router: RouterConfig = router_field()
+
+
+@dataclass(frozen=True)
+class FloralEMOptions(FloralOptions):
+    """Ours: FLoRAL 1% whose routers take an EM step per visit (explore 0.05, chosen on selection seeds)."""
+
+    router: RouterConfig = router_field(init_std=1.0, select="em", explore=0.05)
+
+
+@dataclass(frozen=True)
 class FloralPaperOptions(FloralOptions):
     """The official code's behaviour: noise 1, floor 0.01, random adaptor bias, damped server, conv rank bug."""
 
@@ -219,6 +233,8 @@ for _name, _opts, _summary in (
     ("floral_10", Floral10Options, "FLoRAL 10%: adaptor budget rho = 0.1"),
     ("floral_opt", FloralOptimalOptions, "FLoRAL 1% with the optimal (true-cluster) router"),
     ("floral_10_opt", Floral10OptimalOptions, "FLoRAL 10% with the optimal (true-cluster) router"),
+    ("floral_clean", FloralCleanOptions, "FLoRAL 1% in the paper's clean form: zero router init, temperature 1"),
+    ("floral_em", FloralEMOptions, "FLoRAL 1% with EM routers: pi_c proportional to pi_c exp(-n_k loss_c) (ours)"),
     ("floral_paper", FloralPaperOptions, "FLoRAL as the official code runs it (noise, floor, bias init, damping)"),
 ):
     register(_name, _opts, _summary)(_floral_builder(_name))

@@ -80,6 +80,8 @@ class LocalUpdate:
     def plain_sgd(self) -> PlainSGD | None:
         """The chain as (precondition_lora?, weight_decay?, sgd), or None when it is anything else."""
         kinds = [t.kind for t in self.transforms]
+        if any(t.kind == "weight_decay" and t.option("exempt") for t in self.transforms):
+            return None  # the fused paths decay every tensor: exemptions run through the general path
         if not kinds or kinds[-1] != "sgd" or kinds[:-1] not in ([], ["precondition_lora"], ["weight_decay"],
                                                                 ["precondition_lora", "weight_decay"]):
             return None
@@ -104,13 +106,14 @@ def sgd(lr: float, lr_of: Callable[[str], float] | None = None) -> Transform:
     return Transform("sgd", update, options=(("rate", rate),))
 
 
-def weight_decay(decay: float) -> Transform:
-    """grads + decay * params (L2 regularisation as plain SGD applies it)."""
+def weight_decay(decay: float, exempt: tuple[str, ...] = ()) -> Transform:
+    """grads + decay * params (L2 regularisation as plain SGD applies it), except tensors whose name starts
+    with a prefix in ``exempt`` (the official FLoRAL code does not decay the router)."""
 
     def update(grads, state, params, info):
-        return {k: g + decay * params[k] for k, g in grads.items()}, state
+        return {k: g if k.startswith(exempt) else g + decay * params[k] for k, g in grads.items()}, state
 
-    return Transform("weight_decay", update, options=(("weight_decay", decay),))
+    return Transform("weight_decay", update, options=(("weight_decay", decay), ("exempt", exempt)))
 
 
 def precondition_lora(eps: float) -> Transform:
@@ -152,13 +155,15 @@ def alternate(first: Callable[[str], bool], fraction: float) -> Transform:
 
 
 def local_sgd(lr: float, *, lr_of: Callable[[str], float] | None = None, weight_decay_rate: float = 0.0,
-              precondition_eps: float | None = None, extra: tuple[Transform, ...] = ()) -> LocalUpdate:
-    """The usual chain: LoRA preconditioning (optional), ``extra`` stages, weight decay, per-name SGD."""
+              precondition_eps: float | None = None, extra: tuple[Transform, ...] = (),
+              decay_exempt: tuple[str, ...] = ()) -> LocalUpdate:
+    """The usual chain: LoRA preconditioning (optional), ``extra`` stages, weight decay (not of the tensors
+    named by ``decay_exempt`` prefixes), per-name SGD."""
     stages: list[Transform] = []
     if precondition_eps is not None:
         stages.append(precondition_lora(precondition_eps))
     stages += list(extra)
     if weight_decay_rate:
-        stages.append(weight_decay(weight_decay_rate))
+        stages.append(weight_decay(weight_decay_rate, decay_exempt))
     stages.append(sgd(lr, lr_of))
     return chain(*stages)

@@ -39,6 +39,8 @@ class RoutedFunctions:
     personalize: Callable
     forward: Callable[[Params, Tensor], Tensor]
     router_rate: float
+    #: the logits ``init`` drew last (``{ROUTER: [N, C]}``), for the router-drift report
+    initial: dict
 
     def functions(self) -> dict:
         """The contract functions, as keyword arguments of ``Algorithm``."""
@@ -52,10 +54,13 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
     """The routed client side for a mixture ``net`` whose forward takes ``pi``."""
     dtype = next(iter(init_params.values())).dtype
 
+    initial: dict = {}
+
     def init(gen, clusters):
         params = {k: v.clone() for k, v in init_params.items()}
-        return ({"params": params, "opt": server_opt.init(params)},
-                {ROUTER: initial_logits(clusters, num, optimal_router, dtype, gen, rc.init_std)})
+        logits = initial_logits(clusters, num, optimal_router, dtype, gen, rc.init_std)
+        initial[ROUTER] = logits.clone()
+        return {"params": params, "opt": server_opt.init(params)}, {ROUTER: logits}
 
     def broadcast(server):
         return dict(server["params"])
@@ -77,14 +82,28 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
             logits = logits - rc.lr * grad(routed_loss)(logits, params, batch)
         return logits.detach()
 
-    def choose(logits, params, batches):
-        # Loss-selected router: one-hot on the component of lowest loss on this round's training rows.
-        # Components tied within float noise (identical at the start) go to the client's largest logit:
-        # its last choice, or its random initial preference, which breaks the symmetry between them.
+    def component_losses(logits, params, batches):
+        # Each component alone (pi one-hot) on this round's training rows: its mean loss, and the row count.
         flat = {k: v.flatten(0, 1) for k, v in batches.items()}
         eye = torch.eye(num, dtype=logits.dtype, device=logits.device)
         losses = torch.stack([task_loss(functional_call(net, params, (flat["x"],), {"pi": eye[c]}, strict=False),
                                         flat["y"], flat["w"], objective) for c in range(num)])
+        return losses.detach().to(logits.dtype), flat["w"].sum().to(logits.dtype)
+
+    def em_step(logits, params, batches):
+        # EM responsibilities: p(c|k) proportional to pi_c exp(-n_k loss_c) (the prior is the client's last
+        # mixture), then mixed with `explore` of the uniform mixture; logits returned so that the forward's
+        # softmax(logits / temperature) is exactly that mixture.
+        losses, n = component_losses(logits, params, batches)
+        log_post = torch.log_softmax(logits / rc.temperature, dim=-1) - n * losses
+        post = (1 - rc.explore) * torch.softmax(log_post, dim=-1) + rc.explore / num
+        return rc.temperature * torch.log(post.clamp_min(1e-30))
+
+    def choose(logits, params, batches):
+        # Loss-selected router: one-hot on the component of lowest loss on this round's training rows.
+        # Components tied within float noise (identical at the start) go to the client's largest logit:
+        # its last choice, or its random initial preference, which breaks the symmetry between them.
+        losses, _ = component_losses(logits, params, batches)
         tied = losses <= losses.min() + 1e-6 * (1 + losses.min().abs())
         pick = torch.where(tied, logits, torch.full_like(logits, -torch.inf)).argmax()
         return torch.where(torch.arange(num, device=logits.device) == pick, 0.0, ORACLE_OFF).to(logits.dtype)
@@ -95,6 +114,8 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
             logits = client_state[ROUTER]
             if rc.select == "loss":
                 logits = choose(logits, payload, batches)
+            elif rc.select == "em":
+                logits = em_step(logits, payload, batches)
             elif rc.steps:
                 logits = refresh(logits, payload, batches)
             trainable[ROUTER] = logits
@@ -117,6 +138,6 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
         pi = mixture_weights(params[ROUTER], training=False, floor=rc.floor, temperature=rc.temperature)
         return functional_call(net, params, (x,), {"pi": pi}, strict=False)
 
-    fixed = optimal_router or rc.select == "loss"  # set at client_init, not trained by SGD
+    fixed = optimal_router or rc.select != "gradient"  # set at client_init, not trained by SGD
     return RoutedFunctions(init, broadcast, client_init, loss, client_final, personalize, forward,
-                           0.0 if fixed else rc.lr)
+                           0.0 if fixed else rc.lr, initial)

@@ -19,7 +19,7 @@ from ..checks import require
 from ..metrics import adjusted_rand_index
 
 ROUTER = "router.logits"
-SELECTIONS = ("gradient", "loss")
+SELECTIONS = ("gradient", "loss", "em")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,9 @@ class RouterConfig:
     Training forward: pi = softmax((logits + noise * U[0, 1)) / temperature), clamped from below at
     ``floor`` (no renormalisation); evaluation: the same without noise. The loss subtracts
     ``entropy`` * H(pi). Ours, beyond the paper: ``init_std`` (random initial logits), ``steps``
-    (router-only steps before each local round), ``select = "loss"`` (one-hot on the lowest-loss component).
+    (router-only steps before each local round), ``select = "loss"`` (one-hot on the lowest-loss component),
+    ``select = "em"`` (an EM step per visit: pi_c proportional to pi_c exp(-n_k loss_c), mixed with
+    ``explore`` of the uniform mixture so no component is ever ruled out).
     """
 
     #: router learning rate (logits' SGD step)
@@ -47,8 +49,10 @@ class RouterConfig:
     init_std: float = 0.0  # paper: 0 (uniform pi)
     #: router-only steps before each local round (ours)
     steps: int = 0
-    #: 'gradient' (learned pi) or 'loss' (one-hot on the lowest-loss component)
+    #: 'gradient' (learned pi), 'loss' (one-hot on the lowest-loss component) or 'em' (soft responsibilities)
     select: str = "gradient"
+    #: router_select = 'em': share of the uniform mixture mixed into each responsibility (exploration)
+    explore: float = 0.05
 
     def check(self, s: str) -> None:
         require(self.lr >= 0, f"{s}.router_lr", "a number >= 0", self.lr)
@@ -58,7 +62,8 @@ class RouterConfig:
         require(self.init_std >= 0, f"{s}.router_init_std", "a number >= 0", self.init_std)
         require(isinstance(self.steps, int) and self.steps >= 0, f"{s}.router_steps", "an integer >= 0",
                 self.steps)
-        require(self.select in SELECTIONS, f"{s}.router_select", '"gradient" or "loss"', self.select)
+        require(self.select in SELECTIONS, f"{s}.router_select", '"gradient", "loss" or "em"', self.select)
+        require(0 <= self.explore <= 1, f"{s}.router_explore", "a number in [0, 1]", self.explore)
 
     @property
     def closed_form(self) -> bool:
@@ -109,13 +114,21 @@ def component_weights(mixture: Tensor, num_examples: Tensor) -> Tensor:
     return num_examples.to(mixture.dtype)[:, None] * mixture
 
 
-def router_report(key: str = ROUTER):
-    """A report hook: ARI of each client's argmax component against its true cluster, and the choices."""
+def router_report(key: str = ROUTER, initial: Mapping[str, Tensor] | None = None, temperature: float = 1.0):
+    """A report hook: ARI of each client's argmax component against its true cluster, the choices, the mean
+    entropy of pi (nats) and, given the run's ``initial`` logits (``{key: [N, C]}``), the mean L2 drift of
+    each client's logits from them."""
 
     def report(server: Mapping, client_states: Mapping[str, Tensor], clusters: Tensor) -> dict:
         if key not in client_states:
             return {}
-        choice = client_states[key].argmax(dim=-1).cpu()
-        return {"router_ari": adjusted_rand_index(choice, clusters.cpu()), "router_clusters": choice.tolist()}
+        logits = client_states[key].detach().cpu().to(torch.float64)
+        choice = logits.argmax(dim=-1)
+        pi = torch.softmax(logits / temperature, dim=-1)
+        out = {"router_ari": adjusted_rand_index(choice, clusters.cpu()), "router_clusters": choice.tolist(),
+               "router_entropy": float(-(pi * torch.log(pi.clamp_min(1e-30))).sum(-1).mean())}
+        if initial is not None and key in initial and initial[key].shape == logits.shape:
+            out["router_drift"] = float((logits - initial[key].cpu().to(torch.float64)).norm(dim=-1).mean())
+        return out
 
     return report

@@ -1,4 +1,8 @@
-"""FLoRAL's synthetic regression tasks: a shared model plus a rank-1 perturbation per cluster."""
+"""FLoRAL's synthetic regression tasks: a shared model plus a rank-1 perturbation per cluster.
+
+As in the official generator (``synthetic.py``), the teacher's W_k is DIM_IN x DIM_IN for both tasks,
+so synthetic_mlp's teacher hidden layer is 10 wide (the student MLP's is 20) and W_out ~ N(0, 1/10).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,8 @@ from bouquet.data.federated import ClientData, FederatedDataset
 
 DIM_IN = 10
 LINEAR_OUT = 3  # the model is nn.Linear(10, 3): targets are the first 3 of 10 outputs of x W_k + b
-MLP_HIDDEN = 20
+MLP_HIDDEN = 20  # the student model's hidden width (the paper's MLP 10-20-1)
+TEACHER_HIDDEN = DIM_IN  # the official teacher: W is dim x dim, so ReLU(x W_k + b) is 10 wide
 MLP_OUT = 1
 RANK = 1
 SCALE = 2.0  # W_k = W + 2 u_c v_c^T
@@ -37,9 +42,10 @@ def _normal(gen: torch.Generator, *shape: int, var: float) -> Tensor:
 
 
 def synthetic_parameters(name: str, num_clusters: int, seed: int) -> dict[str, Tensor]:
-    """Shared W, b (and W_out) and per-cluster u_c, v_c, all N(0, 1/d) except v ~ N(0, 1/r); float64."""
+    """Shared W [10, 10], b (and W_out [10, 1]) and per-cluster u_c, v_c, all N(0, 1/d) except v ~ N(0, 1/r);
+    float64. d = 10 throughout, as in the official generator."""
     gen = torch.Generator().manual_seed(seed)
-    width = DIM_IN if name == "synthetic_linear" else MLP_HIDDEN
+    width = TEACHER_HIDDEN
     params = {
         "W": _normal(gen, DIM_IN, width, var=1.0 / DIM_IN),
         "b": _normal(gen, width, var=1.0 / DIM_IN),
@@ -47,7 +53,7 @@ def synthetic_parameters(name: str, num_clusters: int, seed: int) -> dict[str, T
         "v": _normal(gen, num_clusters, width, RANK, var=1.0 / RANK),
     }
     if name == "synthetic_mlp":
-        params["W_out"] = _normal(gen, MLP_HIDDEN, MLP_OUT, var=1.0 / MLP_HIDDEN)
+        params["W_out"] = _normal(gen, TEACHER_HIDDEN, MLP_OUT, var=1.0 / TEACHER_HIDDEN)
     return params
 
 
@@ -92,6 +98,7 @@ def build_synthetic(name: str, num_clients: int, num_clusters: int, seed: int, t
     out_dim = LINEAR_OUT if name == "synthetic_linear" else MLP_OUT
     meta = {
         "dim_in": DIM_IN, "dim_out": out_dim, "hidden": MLP_HIDDEN if name == "synthetic_mlp" else None,
+        "teacher_hidden": TEACHER_HIDDEN if name == "synthetic_mlp" else None,
         "rank": RANK, "perturbation_scale": SCALE, "samples_per_client": n, "train_per_client": n_train,
         "test_per_client": n_test,
         "model_params": LINEAR_PARAMS if name == "synthetic_linear" else MLP_PARAMS,

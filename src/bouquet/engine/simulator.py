@@ -146,8 +146,9 @@ class Simulator:
         ev = summarize(self.client_scores(state), self.clusters)
         if self.alg.report is not None:
             extra = self.alg.report(state.server, state.clients, self.clusters)
-            if "router_ari" in extra:
-                ev["router_ari"] = extra["router_ari"]
+            for key in ("router_ari", "router_entropy", "router_drift"):  # logged by round
+                if key in extra:
+                    ev[key] = extra[key]
         return ev
 
 
