@@ -28,7 +28,7 @@ from .kernel_check import CheckedTrainer
 from .mlp_kernels import kernel_trainer
 from .robust import RobustConfig
 from .rounds import ClientResults, RoundDriver, RunState, select_clients
-from .spec import RunSpec, resolve_vectorized
+from .spec import RunSpec, resolve_device, resolve_vectorized
 from .summary import metric_name
 
 
@@ -39,11 +39,11 @@ class Simulator:
                  robust: RobustConfig | None = None):
         data.check()  # a hand-built dataset (labels outside num_outputs, no test rows, ...): one DataError
         self.alg, self.data, self.seed = alg, data, seed
-        self.vectorized = resolve_vectorized(spec.vectorized, alg.model, spec.device)
+        self.device = torch.device(resolve_device(spec.device))
+        self.vectorized = resolve_vectorized(spec.vectorized, alg.model, self.device.type)
         self.spec = spec
         self.driver = RoundDriver(alg, data.train_sizes(), clients_per_round=spec.clients_per_round, seed=seed,
                                   robust=robust)
-        self.device = torch.device(spec.device)
         self.kernel_kind = "hand-batched kernels"
         self.train = SplitArrays.from_dataset(data, "train").to(self.device)
         self.test = SplitArrays.from_dataset(data, "test").to(self.device)
