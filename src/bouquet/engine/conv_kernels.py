@@ -281,8 +281,9 @@ class _Patches(torch.autograd.Function):
         shape, (kh, kw), (sh, sw), (dh, dw), ho, wo = ctx.geometry
         out = grad.new_zeros(shape)
         for i in range(kh):
+            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
             for j in range(kw):
-                out[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw] += grad[:, :, :, i, j]
+                out[:, rows, j * dw:j * dw + sw * (wo - 1) + 1:sw] += grad[:, :, :, i, j]
         return out, None, None, None
 
 

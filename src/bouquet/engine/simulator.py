@@ -21,9 +21,9 @@ from ..algorithms import Algorithm
 from ..data.federated import FederatedDataset
 from .autograd_training import train_sequential, train_vectorized
 from .batching import TRAIN, SplitArrays, round_batches
+from .conv_kernels import ConvOptions, conv_trainer
 from .evaluation import ClientScores, personalized_params, score_params, summarize
 from .finetune import finetune_batches, finetuned
-from .conv_kernels import ConvOptions, conv_trainer
 from .kernel_check import CheckedTrainer
 from .mlp_kernels import kernel_trainer
 from .robust import RobustConfig

@@ -30,7 +30,7 @@ from ..config import parse_experiment, resolved_dict
 from .interleaved import interleaved
 from .interleaved import table as interleaved_table
 from .pfl_reference import Client, Server
-from .workload import Workload, cnn_workload, build_data, build_floral, flops_per_example, matmul_gflops, peak_rss_mb
+from .workload import Workload, build_data, build_floral, cnn_workload, flops_per_example, matmul_gflops, peak_rss_mb
 
 WAYS = ("bouquet", "pfllib", "flower")
 
