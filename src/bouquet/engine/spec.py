@@ -33,7 +33,8 @@ class RunSpec:
     #: all clients of a round in one vmapped step (true), one after another (false), or "auto": one after
     #: another for models with convolutions on CPU, where vmap's grouped convs are slower, vmapped otherwise
     vectorized: bool | str = "auto"
-    #: MLP chains of algorithms with a closed-form loss train by engine/mlp_kernels.py (false: vmap + autograd)
+    #: MLP chains of algorithms with a closed-form loss train by engine/mlp_kernels.py, conv chains by
+    #: engine/conv_kernels.py (false: vmap + autograd, or the client loop)
     hand_batched: bool = True
     #: clients evaluated (and fine-tuned) together
     eval_chunk: int = 64
