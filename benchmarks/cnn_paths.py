@@ -1,12 +1,13 @@
-"""CNN local-training paths on CPU: vmap over clients vs the client loop, and folded vs paired ConvLoRA convs.
+"""Every measured way to train FLoRAL's CNN clients, against the PFLlib-style loop, interleaved in one process.
 
-Workload: `configs/floral/fashion_mnist_rotate_cnn.toml` (FLoRAL's CIFAR CNN on Fashion-MNIST, 300 clients,
-30 per round, batch 32, 7 local steps). For each algorithm, one round of local training plus aggregation
-(`Simulator.run_round`) and one evaluation of all 300 clients, per path, interleaved, median of repeats.
-"paired" runs each mixture conv layer as base conv + conv to C*r channels + conv back (the form before
-the kernel was folded), kept here only as the baseline.
+Workload: `bouquet.app.bench.workload.cnn_workload` (= `configs/floral/fashion_mnist_rotate_cnn.toml`: FLoRAL's
+CIFAR CNN on Fashion-MNIST Rotate with C = 4 ConvLoRA mixtures at 1%, 300 clients, 30 per round, batch 32, one
+epoch = 7 steps). Each repeat runs one round of every way in turn (who goes first rotates), so a busy machine
+slows them alike; reported: the median wall and CPU seconds per round and the median ratio to the loop. Ways:
+the PFLlib-style loop, bouquet's client loop (train_sequential, the old CPU default), vmap + autograd (grouped
+convs), the batched conv kernels with their defaults, and the kernels with one option changed at a time.
 
-    .venv/bin/python benchmarks/cnn_paths.py [--repeats 3] [--threads 2] [--algorithms fedavg,floral,ensemble]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/cnn_paths.py [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -14,80 +15,82 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from contextlib import contextmanager
 
 import torch
 
-from bouquet.adapters.functional import mixture_conv2d_delta
-from bouquet.adapters.layers import MixtureConv2d
-from bouquet.adapters.mixture import current_pi
-from bouquet.app.config import load_experiment, with_run
-from bouquet.app.runner import simulator
-from bouquet.data import build_dataset
+from bouquet.app.bench.pfl_reference import Client, Server
+from bouquet.app.bench.workload import build_data, build_floral, cnn_workload
+from bouquet.engine.conv_kernels import ConvOptions, conv_trainer
+from bouquet.engine.simulator import Simulator
+from bouquet.engine.spec import RunSpec
 
-CONFIG = "configs/floral/fashion_mnist_rotate_cnn.toml"
-
-
-def _paired_forward(self: MixtureConv2d, x: torch.Tensor) -> torch.Tensor:
-    pi = current_pi(self.context, self.num_adaptors, x)
-    delta = mixture_conv2d_delta(x, self.lora_A, self.lora_B, pi, self.lora_bias, self.split.opts_a,
-                                 self.split.opts_b)
-    return self.base(x) + self.alpha * delta
-
-
-@contextmanager
-def conv_form(form: str):
-    """Run MixtureConv2d folded (the library's forward) or paired (the conv-pair baseline)."""
-    folded = MixtureConv2d.forward
-    if form == "paired":
-        MixtureConv2d.forward = _paired_forward
-    try:
-        yield
-    finally:
-        MixtureConv2d.forward = folded
-
-
-def time_path(exp, data, name: str, vectorized: bool, form: str) -> tuple[float, float, float]:
-    """(seconds of one round, seconds of one evaluation, mean accuracy) after a warm-up round."""
-    sim, _ = simulator(with_run(exp, vectorized=vectorized), data, name, 0)
-    with conv_form(form):
-        state, _ = sim.run_round(sim.init_state())
-        t = time.perf_counter()
-        state, _ = sim.run_round(state)
-        t_round = time.perf_counter() - t
-        t = time.perf_counter()
-        acc = sim.evaluate(state)["mean"]
-        t_eval = time.perf_counter() - t
-    return t_round, t_eval, acc
+CANDIDATES = {
+    "kernels (defaults: im2col first conv, per-client channels-last convs, pool before ReLU, foreach, chunk 5)":
+        ConvOptions(),
+    "kernels, first conv by oneDNN": ConvOptions(first="conv"),
+    "kernels, later convs grouped over clients": ConvOptions(convs="grouped"),
+    "kernels, later convs by im2col + bmm": ConvOptions(convs="im2col"),
+    "kernels, NCHW layout": ConvOptions(channels_last=False),
+    "kernels, ReLU before pool": ConvOptions(pool_first=False),
+    "kernels, one update op per tensor": ConvOptions(foreach=False),
+    "kernels, chunk 1": ConvOptions(chunk=1),
+    "kernels, chunk 2": ConvOptions(chunk=2),
+    "kernels, chunk 10": ConvOptions(chunk=10),
+    "kernels, all 30 clients at once": ConvOptions(chunk=0),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--algorithms", default="fedavg,floral,ensemble")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--skip-vmap", action="store_true", help="leave out vmap + autograd (the slowest)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    exp = load_experiment(CONFIG)
-    data = build_dataset(exp.data)
-    print(f"{CONFIG}: 30 clients per round, threads={args.threads}, median of {args.repeats}")
-    print("| algorithm | path | round (s) | evaluation (s) | round vs vmap | evaluation vs vmap | accuracy |")
-    print("|---|---|---|---|---|---|---|")
-    for name in args.algorithms.split(","):
-        paths = [("vmap", True, "folded"), ("client loop", False, "folded")]
-        if name.startswith("floral"):
-            paths += [("vmap, paired convs", True, "paired"), ("client loop, paired convs", False, "paired")]
-        times: dict[str, list[tuple[float, float, float]]] = {p[0]: [] for p in paths}
-        for _ in range(args.repeats):
-            for label, vec, form in paths:
-                times[label].append(time_path(exp, data, name, vec, form))
-        base_r = statistics.median(t[0] for t in times["vmap"])
-        base_e = statistics.median(t[1] for t in times["vmap"])
-        for label, _, _ in paths:
-            r = statistics.median(t[0] for t in times[label])
-            e = statistics.median(t[1] for t in times[label])
-            print(f"| {name} | {label} | {r:.2f} | {e:.2f} | {base_r / r:.2f}x | {base_e / e:.2f}x | "
-                  f"{100 * times[label][-1][2]:.2f} |")
+    w = cnn_workload()
+    data = build_data(w)
+    spec = RunSpec(rounds=100, clients_per_round=w.clients_per_round, batch_size=w.batch_size)
+    ways: dict = {}
+    model = build_floral(w, data).model
+    server = Server([Client(k, c, model, w.lr, w.router_lr, w.batch_size, w.seed) for k, c in enumerate(data.clients)],
+                    model, w.clients_per_round, w.seed)
+    ways["PFLlib-style loop"] = server.round
+    seq = Simulator(build_floral(w, data), data, RunSpec(**{**spec.__dict__, "vectorized": False,
+                                                            "hand_batched": False}), seed=w.seed)
+    paths = {"bouquet client loop (train_sequential)": seq}
+    if not args.skip_vmap:
+        paths["vmap + autograd (grouped convs)"] = Simulator(
+            build_floral(w, data), data, RunSpec(**{**spec.__dict__, "vectorized": True, "hand_batched": False}),
+            seed=w.seed)
+    for label, options in CANDIDATES.items():
+        sim = Simulator(build_floral(w, data), data, spec, seed=w.seed)
+        sim.trainer = conv_trainer(sim.alg.model, sim.alg.objective, sim.alg.local_update, sim.alg.loss_spec, options)
+        paths[label] = sim
+    for label, sim in paths.items():
+        box = {"state": sim.init_state()}
+
+        def step(sim=sim, box=box):
+            box["state"], _ = sim.run_round(box["state"])
+
+        ways[label] = step
+    wall: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
+    names = list(ways)
+    for rep in range(args.repeats + 1):  # the first pass is a warm-up
+        for label in names[rep % len(names):] + names[:rep % len(names)]:
+            t, c = time.perf_counter(), time.process_time()
+            ways[label]()
+            if rep:
+                wall[label].append(time.perf_counter() - t)
+                cpu[label].append(time.process_time() - c)
+        print(f"repeat {rep} done", flush=True)
+    base_w, base_c = statistics.median(wall[names[0]]), statistics.median(cpu[names[0]])
+    print(f"threads={args.threads}, median of {args.repeats} rounds per way")
+    print("| way | s/round (wall) | CPU s/round | loop / this (wall) | loop / this (CPU) |")
+    print("|---|---|---|---|---|")
+    for label in names:
+        mw, mc = statistics.median(wall[label]), statistics.median(cpu[label])
+        print(f"| {label} | {mw:.2f} | {mc:.2f} | {base_w / mw:.2f}x | {base_c / mc:.2f}x |")
 
 
 if __name__ == "__main__":

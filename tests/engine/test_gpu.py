@@ -1,4 +1,4 @@
-"""The engine on CUDA (``device = "cuda"``): same numbers as on the CPU. Skipped without a GPU."""
+"""The engine on CUDA (``device = "cuda"``): same numbers as on the CPU. Marked ``gpu``; skipped without a GPU."""
 
 import pytest
 import torch
@@ -9,16 +9,22 @@ from bouquet.engine.fast_linear import FastLinear
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def _run(device: str, vectorized: bool):
-    data = build_dataset(DataSpec(name="digits", num_clients=8, num_clusters=2, shift="label_shift", seed=0))
+def _run(device: str, vectorized: bool, hand_batched: bool = True, cnn: bool = False):
+    if cnn:
+        data = build_dataset(DataSpec(name="mnist5k", num_clients=6, num_clusters=2, shift="rotate",
+                                      train_per_client=20, test_per_client=5, resample=True, seed=0))
+    else:
+        data = build_dataset(DataSpec(name="digits", num_clients=8, num_clusters=2, shift="label_shift", seed=0))
     torch.manual_seed(0)
-    model = wrap(build_model("mlp", data.input_shape, data.num_outputs, hidden=16), 2, 2, adaptor_bias=True)
+    net = build_model("cifar_cnn", data.input_shape, data.num_outputs) if cnn else \
+        build_model("mlp", data.input_shape, data.num_outputs, hidden=16)
+    model = wrap(net, 2, 2, adaptor_bias=True)
     alg = floral(model.to(device), data.objective, lr=0.1)
     sim = Simulator(alg, data, RunSpec(rounds=3, clients_per_round=4, batch_size=8, vectorized=vectorized,
-                                       device=device), seed=1)
+                                       hand_batched=hand_batched, device=device), seed=1)
     state = sim.init_state()
     losses = []
     for _ in range(3):
@@ -44,3 +50,19 @@ def test_cuda_vectorized_matches_cpu_sequential():
     for k, v in cpu_state.server["params"].items():
         torch.testing.assert_close(gpu_state.server["params"][k].cpu(), v, rtol=1e-3, atol=1e-4)
     assert gpu_eval["mean"] == pytest.approx(cpu_eval["mean"], abs=0.02)
+
+
+@pytest.mark.parametrize("cnn", [False, True], ids=["mlp-kernels", "conv-kernels"])
+def test_cuda_kernels_match_cpu_sequential(cnn):
+    """The hand-batched MLP kernels and the batched conv kernels on the GPU reproduce the CPU client loop."""
+    gpu_state, gpu_losses, gpu_eval = _run("cuda", True, cnn=cnn)
+    cpu_state, cpu_losses, cpu_eval = _run("cpu", False, hand_batched=False, cnn=cnn)
+    assert gpu_losses == pytest.approx(cpu_losses, rel=1e-3, abs=1e-4)
+    for k, v in cpu_state.server["params"].items():
+        torch.testing.assert_close(gpu_state.server["params"][k].cpu(), v, rtol=1e-3, atol=1e-4)
+    assert gpu_eval["mean"] == pytest.approx(cpu_eval["mean"], abs=0.02)
+
+
+def test_auto_device_picks_cuda():
+    sim_state, _, _ = _run("auto", True)
+    assert all(v.device.type == "cuda" for v in sim_state.server["params"].values())

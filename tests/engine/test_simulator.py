@@ -15,7 +15,7 @@ from bouquet.app.config import parse_experiment
 from bouquet.app.experiment import build_algorithm
 from bouquet.data import DataSpec, build_dataset
 from bouquet.engine.simulator import Simulator
-from bouquet.engine.spec import RunSpec, resolve_vectorized
+from bouquet.engine.spec import RunSpec, resolve_device, resolve_vectorized
 from bouquet.models import build_model
 
 
@@ -154,6 +154,20 @@ def test_auto_vectorization_loops_over_clients_for_conv_models_on_cpu():
     assert resolve_vectorized("auto", _conv_net(), "cuda:0") is True
     assert resolve_vectorized(True, _conv_net(), "cpu") is True
     assert resolve_vectorized(False, mlp, "cpu") is False
+
+
+def test_auto_device_is_cuda_when_available_else_cpu():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto") == expected
+    assert resolve_device("cpu") == "cpu" and resolve_device("cuda:1") == "cuda:1"
+    RunSpec(rounds=1, clients_per_round=1, batch_size=1, device="auto").check("run")
+    with pytest.raises(Exception, match="run.device"):
+        RunSpec(rounds=1, clients_per_round=1, batch_size=1, device="gpu").check("run")
+    data = build_dataset(DataSpec(name="digits", num_clients=6, num_clusters=2, seed=0))
+    sim = _sim(data, fedavg, True, device="auto")
+    state, _ = sim.run_round(sim.init_state())
+    assert sim.device.type == expected
+    assert all(v.device.type == expected for v in state.server["params"].values())
 
 
 def test_floral_convlora_vectorized_equals_sequential():

@@ -309,7 +309,8 @@ def resume_experiment(run_dir: str | Path, progress: bool = True, allow_changes:
 def _check_device(exp: Experiment) -> None:
     if exp.run.device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"run.device: expected 'cpu' (no CUDA device is available), got {exp.run.device!r}")
+            raise ConfigError(f"run.device: expected 'cpu' or 'auto' (no CUDA device is available), "
+                              f"got {exp.run.device!r}")
         index = int(exp.run.device.split(":")[1]) if ":" in exp.run.device else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"run.device: expected cuda:0..cuda:{torch.cuda.device_count() - 1}, "

@@ -102,6 +102,15 @@ def round_batches(arrays: SplitArrays, clients: Tensor, *, seed: int, round_idx:
     return index, weight
 
 
+def trailing_widths(weight: Tensor) -> list[int]:
+    """Per local step, the batch width that keeps every client's real rows (trailing padding cut off).
+
+    ``weight`` is a round's example weights [K, S, B]; a step with no real row in any client gets 0.
+    """
+    real = (weight > 0).any(dim=0)  # [S, B]: rows real in some client
+    return (real.shape[1] - real.flip(1).int().argmax(dim=1)).where(real.any(dim=1), 0).tolist()
+
+
 def padded_split(arrays: SplitArrays, clients: Tensor) -> tuple[Tensor, Tensor]:
     """All rows of each client, padded to the longest: index ``[K, T]`` and weights ``[K, T]``."""
     sizes = arrays.sizes[clients]

@@ -31,6 +31,7 @@ from ..algorithms import LocalUpdate, LossSpec
 from ..algorithms.contract import Batch, Params
 from ..algorithms.local_update import PlainSGD
 from ..algorithms.routing import ROUTER
+from .batching import trailing_widths
 from .mlp_chain import RELU, Dense, Layer, parse_chain
 
 Trainer = Callable[[Params, Mapping[str, Tensor], Mapping[str, Tensor], Batch], tuple[Params, Tensor]]
@@ -170,8 +171,7 @@ def _train(net: _Net, task: str, optimizer: PlainSGD, spec: _Declared, trainable
     num_clients, num_steps = w.shape[:2]
     dtype = works[0].weight.dtype
     active = (w.sum(dim=2) > 0).to(dtype)  # [K, S]
-    real = (w > 0).any(dim=0)  # [S, B]: rows real in some client
-    widths = (real.shape[1] - real.flip(1).int().argmax(dim=1)).where(real.any(dim=1), 0).tolist()
+    widths = trailing_widths(w)
     total = torch.zeros(num_clients, dtype=dtype, device=w.device)
     for s in range(num_steps):
         width = widths[s]

@@ -2,10 +2,10 @@
 
 State is explicit (``RunState``) so that a run can be checkpointed and resumed; ``run_round`` and
 ``evaluate`` are the two operations (``run`` chains them for all rounds). Local training runs the
-sampled clients as one vectorized computation (vmap + autograd, or the hand-batched MLP kernels when
-the algorithm declares a loss they implement and their first steps agree with autograd), or one by one
-(``vectorized=False``: the reference, and the faster path for convolutions on CPU); all give the same
-numbers.
+sampled clients as one vectorized computation (vmap + autograd, or the hand-batched MLP kernels or the
+batched conv kernels when the algorithm declares a loss they implement and their first steps agree with
+autograd), or one by one (``vectorized=False``: the reference); all give the same numbers. Evaluation of
+conv models on CPU stays a client loop under ``vectorized = "auto"`` (vmap's grouped convs are slower).
 """
 
 from __future__ import annotations
@@ -21,13 +21,14 @@ from ..algorithms import Algorithm
 from ..data.federated import FederatedDataset
 from .autograd_training import train_sequential, train_vectorized
 from .batching import TRAIN, SplitArrays, round_batches
+from .conv_kernels import ConvOptions, conv_trainer
 from .evaluation import ClientScores, personalized_params, score_params, summarize
 from .finetune import finetune_batches, finetuned
 from .kernel_check import CheckedTrainer
 from .mlp_kernels import kernel_trainer
 from .robust import RobustConfig
 from .rounds import ClientResults, RoundDriver, RunState, select_clients
-from .spec import RunSpec, resolve_vectorized
+from .spec import RunSpec, resolve_device, resolve_vectorized
 from .summary import metric_name
 
 
@@ -38,11 +39,12 @@ class Simulator:
                  robust: RobustConfig | None = None):
         data.check()  # a hand-built dataset (labels outside num_outputs, no test rows, ...): one DataError
         self.alg, self.data, self.seed = alg, data, seed
-        self.vectorized = resolve_vectorized(spec.vectorized, alg.model, spec.device)
+        self.device = torch.device(resolve_device(spec.device))
+        self.vectorized = resolve_vectorized(spec.vectorized, alg.model, self.device.type)
         self.spec = spec
         self.driver = RoundDriver(alg, data.train_sizes(), clients_per_round=spec.clients_per_round, seed=seed,
                                   robust=robust)
-        self.device = torch.device(spec.device)
+        self.kernel_kind = "hand-batched kernels"
         self.train = SplitArrays.from_dataset(data, "train").to(self.device)
         self.test = SplitArrays.from_dataset(data, "test").to(self.device)
         self.clusters = data.clusters
@@ -50,15 +52,24 @@ class Simulator:
         self.trainer: Callable = partial(train_vectorized, alg.loss, alg.local_update)
         kernels = kernel_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec, fallback=self.trainer) \
             if self.vectorized and spec.hand_batched else None
+        if kernels is None and spec.hand_batched and spec.vectorized is not False:
+            # conv chains: batched conv kernels, on CPU too (where "auto" otherwise loops over clients)
+            kernels = conv_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec,
+                                   ConvOptions(chunk=0) if self.device.type == "cuda" else ConvOptions())
+            self.kernel_kind = "batched conv kernels"
         self.checked = CheckedTrainer(kernels, self.trainer, alg.name) if kernels is not None else None
         self.trainer = self.checked or self.trainer
+        #: local training runs all sampled clients at once (vmap, or the kernels), not one by one
+        self.batched_training = self.vectorized or self.checked is not None
 
     @property
     def training_path(self) -> str:
         """Which local trainer runs (recorded in each run's summary)."""
-        if not self.vectorized:
+        if not self.batched_training:
             return "sequential"
-        return self.checked.path if self.checked is not None else "vmap + autograd"
+        if self.checked is None:
+            return "vmap + autograd"
+        return self.kernel_kind if self.checked.trusted is not False else self.checked.path
 
     # -- state and one round ------------------------------------------------------------------
     def init_state(self) -> RunState:
@@ -80,16 +91,22 @@ class Simulator:
         private = select_clients(state.clients, ids)
         n = self.num_examples[ids].to(self.device)
         with alg.mode(True):
+            # client_init / client_final may run the model (IFCA picks its cluster by loss): vmapped where
+            # vmap is the faster path, one client at a time where it is not (convs on CPU)
             if self.vectorized:
                 trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
                     payload, private, batches)
-                trained, losses = self.trainer(trainable, payload, private, batches)
-                uploads, new_private = vmap(alg.client_final, in_dims=(0, None, 0, 0, 0))(
-                    trained, payload, private, n, batches)
             else:
                 trainable = _stack([alg.client_init(payload, _row(private, k), _row(batches, k))
                                     for k in range(len(ids))])
+            if self.batched_training:
+                trained, losses = self.trainer(trainable, payload, private, batches)
+            else:
                 trained, losses = train_sequential(alg.loss, alg.local_update, trainable, payload, private, batches)
+            if self.vectorized:
+                uploads, new_private = vmap(alg.client_final, in_dims=(0, None, 0, 0, 0))(
+                    trained, payload, private, n, batches)
+            else:
                 outs = [alg.client_final(_row(trained, k), payload, _row(private, k), n[k], _row(batches, k))
                         for k in range(len(ids))]
                 uploads, new_private = _stack([o[0] for o in outs]), _stack([o[1] for o in outs])

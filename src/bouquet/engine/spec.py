@@ -33,13 +33,14 @@ class RunSpec:
     #: all clients of a round in one vmapped step (true), one after another (false), or "auto": one after
     #: another for models with convolutions on CPU, where vmap's grouped convs are slower, vmapped otherwise
     vectorized: bool | str = "auto"
-    #: MLP chains of algorithms with a closed-form loss train by engine/mlp_kernels.py (false: vmap + autograd)
+    #: MLP chains of algorithms with a closed-form loss train by engine/mlp_kernels.py, conv chains by
+    #: engine/conv_kernels.py (false: vmap + autograd, or the client loop)
     hand_batched: bool = True
     #: clients evaluated (and fine-tuned) together
     eval_chunk: int = 64
     #: reshuffle each client's training rows every local epoch
     shuffle: bool = True
-    #: torch device: 'cpu' or 'cuda[:N]'
+    #: torch device: 'cpu', 'cuda[:N]' or 'auto' (cuda when a CUDA device is available, cpu otherwise)
     device: str = "cpu"
 
     def check(self, s: str) -> None:
@@ -49,12 +50,19 @@ class RunSpec:
                 self.local_steps)
         require(self.vectorized in (True, False, "auto"), f"{s}.vectorized", "true, false or 'auto'",
                 self.vectorized)
-        require(self.device == "cpu" or self.device.startswith("cuda"), f"{s}.device", "'cpu' or 'cuda[:N]'",
-                self.device)
+        require(self.device in ("cpu", "auto") or self.device.startswith("cuda"), f"{s}.device",
+                "'cpu', 'cuda[:N]' or 'auto'", self.device)
 
     def is_eval_round(self, round_idx: int) -> bool:
         """Every ``eval_every`` rounds and at the last round."""
         return round_idx % self.eval_every == 0 or round_idx == self.rounds
+
+
+def resolve_device(device: str) -> str:
+    """`run.device` to a torch device string: "auto" is cuda when a CUDA device is available, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def resolve_vectorized(setting: bool | str, model: nn.Module, device: str) -> bool:

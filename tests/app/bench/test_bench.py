@@ -2,10 +2,13 @@
 
 import torch
 
+from bouquet.app.bench.interleaved import interleaved
+from bouquet.app.bench.interleaved import table as interleaved_table
 from bouquet.app.bench.pfl_reference import Client, Server
 from bouquet.app.bench.scale import many_clients
-from bouquet.app.bench.workload import Workload, build_floral, flops_per_example, linear_layers
+from bouquet.app.bench.workload import Workload, build_floral, conv_flops_per_example, flops_per_example, linear_layers
 from bouquet.engine.simulator import RunSpec, Simulator
+from bouquet.models import build_model
 
 
 def test_flops_of_the_workload_mlp():
@@ -41,3 +44,25 @@ def test_pfl_reference_round_trains_and_aggregates():
     assert loss > 0
     assert not torch.equal(before["model.1.base.weight"], server.global_params["model.1.base.weight"])
     assert 0.0 <= server.evaluate() <= 1.0
+
+
+def test_conv_flops_of_floral_cnn():
+    """cifar_cnn on 28x28: conv5x5 1->32 (24x24 out), conv3x3 32->64 (10x10 out), fc 576->64, fc 64->10."""
+    model = build_model("cifar_cnn", (1, 28, 28), 10)
+    f = conv_flops_per_example(model, (1, 28, 28))
+    costs = [2 * 32 * 24 * 24 * 25, 2 * 64 * 10 * 10 * 32 * 9, 2 * 576 * 64, 2 * 64 * 10]
+    assert f["forward"] == sum(costs)
+    assert f["train"] == 2 * sum(costs) + sum(costs[1:])
+
+
+def test_interleaved_cnn_comparison_reports_both_ways():
+    """The cnn benchmark on a tiny federation: both ways train, evaluate and are timed round by round."""
+    w = Workload(num_clients=6, clients_per_round=3, train_per_client=10, test_per_client=4, eval_every=2,
+                 lr=0.03, model="cifar_cnn")
+    result = interleaved(w, rounds=2, warmup=0, threads=1)
+    assert result["training_path"] == "batched conv kernels"
+    for way in ("bouquet", "pfllib"):
+        r = result["ways"][way]
+        assert len(r["round_s"]) == 2 and r["round_s_median"] > 0 and 0 <= r["accuracy"] <= 1
+    assert result["ratio_wall"] > 0 and result["ratio_cpu"] > 0 and result["train_gflop_per_round"] > 0
+    assert "pfllib / bouquet" in interleaved_table(result)

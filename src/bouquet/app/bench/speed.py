@@ -27,8 +27,10 @@ import torch
 from ...engine.simulator import Simulator
 from ...engine.spec import RunSpec
 from ..config import parse_experiment, resolved_dict
+from .interleaved import interleaved
+from .interleaved import table as interleaved_table
 from .pfl_reference import Client, Server
-from .workload import Workload, build_data, build_floral, flops_per_example, matmul_gflops, peak_rss_mb
+from .workload import Workload, build_data, build_floral, cnn_workload, flops_per_example, matmul_gflops, peak_rss_mb
 
 WAYS = ("bouquet", "pfllib", "flower")
 
@@ -229,9 +231,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=1, help="repeat every way (interleaved); report the median")
     p.add_argument("--clients", type=int, default=300)
     p.add_argument("--json", help="also write the full result here")
+    p.add_argument("--workload", choices=("mlp", "cnn"), default="mlp",
+                   help="mlp: FLoRAL MNIST MLP, three engines in turn; cnn: FLoRAL's CNN on Fashion-MNIST, bouquet "
+                        "and the PFLlib-style loop interleaved round by round in one process (--rounds rounds)")
 
 
 def main_args(args: argparse.Namespace) -> int:
+    if args.workload == "cnn":
+        result = interleaved(cnn_workload(args.clients), args.rounds, args.warmup, args.threads)
+        print(interleaved_table(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return 0
     w = Workload(num_clients=args.clients)
     ways = [x.strip() for x in args.ways.split(",") if x.strip()]
     rounds = {way: args.rounds for way in ways}

@@ -1,4 +1,5 @@
-"""The benchmark workload: FLoRAL on an MLP 784-200-10 (C adaptors at rho), MNIST-sized clients; FLOP counts.
+"""The benchmark workloads: FLoRAL on an MLP 784-200-10 (MNIST-sized clients) or on FLoRAL's CIFAR CNN
+(Fashion-MNIST, ConvLoRA mixtures), C adaptors at rho; their FLOP counts.
 
 Everything here is shared by the engines under test, so they train the same model on the same data.
 """
@@ -40,8 +41,14 @@ class Workload:
     num_clusters: int = 4
     shift: str = "rotate"
     seed: int = 0
+    #: the image source; mnist5k is resampled to the per-client sizes, other sources split their rows
+    data: str = "mnist5k"
+    model: str = "mlp"
 
     def data_spec(self) -> DataSpec:
+        if self.data != "mnist5k":  # the official splits divided among the clients (200 / 33 rows for 300)
+            return DataSpec(name=self.data, num_clients=self.num_clients, num_clusters=self.num_clusters,
+                            shift=self.shift, seed=self.seed)
         return DataSpec(name="mnist5k", num_clients=self.num_clients, num_clusters=self.num_clusters,
                         shift=self.shift, train_per_client=self.train_per_client,
                         test_per_client=self.test_per_client, resample=True, seed=self.seed)
@@ -54,6 +61,12 @@ class Workload:
         return Workload(**json.loads(text))
 
 
+def cnn_workload(num_clients: int = 300) -> Workload:
+    """FLoRAL's CNN workload (``configs/floral/fashion_mnist_rotate_cnn.toml``): Fashion-MNIST Rotate, 300
+    clients of 200 rows, 30 per round, batch 32, one epoch (7 steps), lr 0.03, router lr 0.1, C = 4 at 1%."""
+    return Workload(num_clients=num_clients, lr=0.03, data="fashion_mnist", model="cifar_cnn")
+
+
 def build_data(w: Workload) -> FederatedDataset:
     """mnist5k resampled to the workload's per-client sizes (the paper's full-MNIST sizes by default)."""
     return build_dataset(w.data_spec())
@@ -62,7 +75,8 @@ def build_data(w: Workload) -> FederatedDataset:
 def build_floral(w: Workload, data: FederatedDataset) -> Algorithm:
     """Seeded MLP wrapped with C adaptors at rho, as the FLoRAL algorithm (preconditioned LoRA SGD)."""
     torch.manual_seed(w.seed)
-    model = build_model("mlp", data.input_shape, data.num_outputs, hidden=w.hidden)
+    options = {"hidden": w.hidden} if w.model == "mlp" else {}
+    model = build_model(w.model, data.input_shape, data.num_outputs, **options)
     mixture = wrap(model, w.num_adaptors, w.rho)
     return floral(mixture, data.objective, lr=w.lr, router=RouterConfig(lr=w.router_lr))
 
@@ -90,6 +104,33 @@ def flops_per_example(model: nn.Module) -> dict[str, float]:
     forward = float(sum(fwd))
     train = forward + forward + float(sum(fwd[1:]))
     return {"forward": forward, "train": train}
+
+
+def conv_flops_per_example(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
+    """Like ``flops_per_example`` for a model with convolutions, from one traced forward.
+
+    A conv costs 2 * out_elements * in_channels * kh * kw per example (a Linear 2 * in * out); adaptors
+    are folded into the kernels once per step, not per example, and are not counted. Training: weight
+    gradients cost the forward again, input gradients are needed by every layer but the first.
+    """
+    costs: list[float] = []
+
+    def hook(m: nn.Module, inputs, out) -> None:
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            costs.append(2.0 * out[0].numel() * m.in_channels // m.groups * kh * kw)
+        else:
+            costs.append(2.0 * m.in_features * m.out_features)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    forward = float(sum(costs))
+    return {"forward": forward, "train": 2 * forward + float(sum(costs[1:]))}
 
 
 def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:

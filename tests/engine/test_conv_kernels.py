@@ -1,0 +1,146 @@
+"""The batched conv kernels compute the same local SGD as the client-by-client reference and a PFLlib-style loop."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from torch import nn
+
+from bouquet.algorithms import RouterConfig
+from bouquet.algorithms.fedavg import fedavg
+from bouquet.algorithms.floral import floral, wrap
+from bouquet.algorithms.local_adaptor import local_adaptor
+from bouquet.app.bench.pfl_reference import Client, Server
+from bouquet.data import DataSpec, build_dataset
+from bouquet.engine.autograd_training import train_sequential
+from bouquet.engine.conv_chain import FLATTEN, Conv, Pool, parse_conv_chain
+from bouquet.engine.conv_kernels import ConvOptions, conv_trainer
+from bouquet.engine.simulator import RunSpec, Simulator
+from bouquet.models import build_model
+
+
+@pytest.fixture(scope="module")
+def images():
+    # mnist5k (28x28), rotated clusters; clients cut to 24, 20, 13, 9, 5 rows: with batch 8 some have fewer
+    # local steps (all-padding steps) and partial last batches.
+    data = build_dataset(DataSpec(name="mnist5k", num_clients=5, num_clusters=2, shift="rotate", train_per_client=24,
+                                  test_per_client=6, resample=True, seed=1))
+    cut = [replace(c, x_train=c.x_train[:n], y_train=c.y_train[:n], train_ids=c.train_ids[:n])
+           for c, n in zip(data.clients, (24, 20, 13, 9, 5), strict=True)]
+    return replace(data, clients=tuple(cut))
+
+
+def _cnn(data):
+    torch.manual_seed(0)
+    return build_model("cifar_cnn", data.input_shape, data.num_outputs)
+
+
+def _floral(data, weight_decay=0.0, router=None, **kw):
+    model = wrap(_cnn(data), 3, 2, adaptor_bias=True)
+    with torch.no_grad():  # B = 0 at init would hide every B-dependent term: start from a random B
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+    return floral(model, data.objective, lr=0.05, weight_decay=weight_decay,
+                  router=router or RouterConfig(lr=0.5, init_std=1.0), **kw)
+
+
+BUILDS = {
+    "floral": _floral,
+    "floral_temperature_entropy": lambda d, wd: _floral(
+        d, wd, router=RouterConfig(lr=0.5, temperature=0.5, entropy=0.05, init_std=1.0)),
+    "floral_plain_sgd": lambda d, wd: _floral(d, wd, precondition=False),
+    "local_adaptor": lambda d, wd: local_adaptor(wrap(_cnn(d), 1, 2, adaptor_bias=True), d.objective, lr=0.05,
+                                                 lora_lr=0.1, weight_decay=wd),
+    "fedavg": lambda d, wd: fedavg(_cnn(d), d.objective, lr=0.05, weight_decay=wd),
+}
+
+
+def _train_both(alg, data, first_round, options=None):
+    trainable, payload, private, batches = first_round(data, alg, batch_size=8)
+    trainer = conv_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec, options)
+    assert trainer is not None
+    got = trainer(trainable, payload, private, batches)
+    ref = train_sequential(alg.loss, alg.local_update, trainable, payload, private, batches)
+    return trainable, got, ref
+
+
+def _assert_same(got, ref):
+    (params, loss), (ref_params, ref_loss) = got, ref
+    assert set(params) == set(ref_params)
+    for k in ref_params:
+        torch.testing.assert_close(params[k], ref_params[k], rtol=1e-4, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_conv_kernels_equal_sequential(images, first_round, name, weight_decay):
+    """Folded ConvLoRA kernels, router, preconditioning, weight decay and padding steps match the reference."""
+    alg = BUILDS[name](images, weight_decay)
+    trainable, got, ref = _train_both(alg, images, first_round)
+    steps = first_round(images, alg, batch_size=8)[3]["w"].sum(dim=2).gt(0).sum(dim=1)
+    assert steps.min() < steps.max()  # some clients really have padding steps
+    _assert_same(got, ref)
+    trained = [k for k in got[0] if alg.local_update.plain_sgd().rate(k) != 0]
+    assert trained and all(not torch.equal(got[0][k], trainable[k]) for k in trained)
+
+
+@pytest.mark.parametrize("options", [ConvOptions(chunk=0), ConvOptions(chunk=1), ConvOptions(first="conv"),
+                                     ConvOptions(convs="grouped"), ConvOptions(convs="im2col"),
+                                     ConvOptions(channels_last=False, pool_first=False, foreach=False)],
+                         ids=["all", "one", "first-conv", "grouped", "im2col", "nchw-relu-first-loop"])
+def test_every_measured_option_gives_the_same_training(images, first_round, options):
+    _, got, ref = _train_both(_floral(images), images, first_round, options)
+    _assert_same(got, ref)
+
+
+def test_simulator_uses_the_kernels_for_convs_and_matches_the_client_loop(images):
+    runs = []
+    for hand in (True, False):
+        alg = _floral(images)
+        sim = Simulator(alg, images, RunSpec(rounds=2, clients_per_round=4, batch_size=8, hand_batched=hand))
+        assert sim.training_path == ("batched conv kernels" if hand else "sequential")
+        state = sim.init_state()
+        for _ in range(2):
+            state, _ = sim.run_round(state)
+        runs.append((state, sim.evaluate(state)["mean"]))
+    (a, acc_a), (b, acc_b) = runs
+    for k in a.server["params"]:
+        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a.clients["router.logits"], b.clients["router.logits"], rtol=1e-4, atol=1e-5)
+    assert acc_a == pytest.approx(acc_b, abs=1e-6)
+
+
+def test_same_rounds_as_the_pfllib_style_loop(images):
+    """Every client, full batches (so batch order cannot differ), two epochs, two rounds: the same server model."""
+    alg = _floral(images, router=RouterConfig(lr=0.5, init_std=0.0))  # zero logits, like the loop's fresh router
+    rows = int(max(c.x_train.shape[0] for c in images.clients))
+    k = images.num_clients
+    sim = Simulator(alg, images, RunSpec(rounds=2, clients_per_round=k, batch_size=rows, local_epochs=2))
+    assert sim.training_path == "batched conv kernels"
+    state = sim.init_state()
+    clients = [Client(i, c, alg.model, 0.05, 0.5, rows, 0) for i, c in enumerate(images.clients)]
+    server = Server(clients, alg.model, k, 0)
+    for c in clients:  # the loop trains two local epochs per round
+        c.train = (lambda c=c, one=c.train: (one(), one())[0])
+    for _ in range(2):
+        state, _ = sim.run_round(state)
+        server.round()
+    for name, v in server.global_params.items():
+        torch.testing.assert_close(state.server["params"][name], v, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: n + m)
+    logits = torch.stack([c.model.router.logits.detach() for c in clients])
+    torch.testing.assert_close(state.clients["router.logits"], logits, rtol=1e-4, atol=1e-5)
+
+
+def test_parse_conv_chain_layers_and_unsupported_models(images):
+    layers = parse_conv_chain(wrap(_cnn(images), 2, 1))
+    assert [type(la).__name__ if not isinstance(la, str) else la for la in layers] == [
+        "Conv", "relu", "Pool", "Conv", "relu", "Pool", FLATTEN, "Dense", "relu", "Dense"]
+    assert isinstance(layers[0], Conv) and layers[0].num == 2 and isinstance(layers[2], Pool)
+    assert parse_conv_chain(build_model("mlp", images.input_shape, images.num_outputs)) is None  # no conv
+    assert parse_conv_chain(nn.Sequential(nn.Conv2d(1, 4, 3, groups=1), nn.BatchNorm2d(4), nn.Flatten(),
+                                          nn.Linear(4 * 26 * 26, 10))) is None
+    assert parse_conv_chain(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))) is None
+    noisy = _floral(images, router=RouterConfig(lr=0.5, noise=1.0, init_std=1.0))
+    assert conv_trainer(noisy.model, noisy.objective, noisy.local_update, noisy.loss_spec) is None
