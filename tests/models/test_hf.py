@@ -130,3 +130,13 @@ def test_more_clients_cost_adaptors_not_model_copies(tmp_path):
     assert adaptor * 200 < model / 4  # so that a single model copy would be visible
     assert growth < model / 2, f"200 clients grew RSS by {growth} B; a model copy is {model} B"
     gc.collect()
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_classifier_padding_is_masked(attention, tiny_bert_dir):
+    """Padding (-1) changes nothing: a padded text scores as the unpadded one, with either attention."""
+    model = build_model("hf", (8,), 3, path=tiny_bert_dir, head="sequence_classification", attention=attention)
+    x = torch.randint(0, 64, (2, 5))
+    padded = torch.cat([x, torch.full((2, 3), -1)], dim=1)
+    with torch.no_grad():
+        assert torch.allclose(model(padded), model(x), atol=1e-5)

@@ -175,9 +175,12 @@ class HFClassifier(FrozenHF):
     def forward(self, x: Tensor) -> Tensor:
         keep = x >= 0
         t = x.shape[-1]
-        # A 4-D boolean mask [n, 1, T, T]: transformers uses it as given (a 2-D one is inspected with
-        # data-dependent branches that vmap cannot trace).
-        mask = keep[..., None, None, :].expand(*keep.shape[:-1], 1, t, t)
+        # A 4-D additive float mask [n, 1, T, T] (0 = attend, min = masked): transformers uses a 4-D mask as
+        # given, and an additive one means the same to its eager and sdpa attention (a 2-D mask is inspected
+        # with data-dependent branches that vmap cannot trace; a boolean one would be added as 0/1 by eager).
+        dtype = self.hf.get_input_embeddings().weight.dtype
+        blocked = (~keep).to(dtype) * torch.finfo(dtype).min
+        mask = blocked[..., None, None, :].expand(*keep.shape[:-1], 1, t, t)
         pad = self.hf.config.pad_token_id or 0
         ids = torch.where(keep, x, torch.full_like(x, pad))
         return self.hf(input_ids=ids, attention_mask=mask).logits
