@@ -63,4 +63,4 @@ def test_from_dict() -> None:
 
 def test_dataset_names() -> None:
     assert set(DATASETS) == {"synthetic_linear", "synthetic_mlp", "digits", "mnist5k", "mnist", "fashion_mnist",
-                             "cifar10", "cifar100", "text_tasks"}
+                             "cifar10", "cifar100", "text_tasks", "shakespeare_lm"}

@@ -1,7 +1,7 @@
 """``bouquet export RUN_DIR --client K --out DIR``: one client's personalized model as a peft adapter.
 
 The algorithm is rebuilt from the run's config and seed, its final state read from the run's last
-checkpoint, and ``engine.export`` collapses the client's adaptors into one LoRA per layer. Runs on a
+checkpoint, and ``engine.peft_export`` collapses the client's adaptors into one LoRA per layer. Runs on a
 Hugging Face model also keep every client's adapter under ``RUN_DIR/adapters/<algorithm>-seed<S>/``.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..checks import ConfigError
 from ..engine.checkpoint import CheckpointDir
-from ..engine.export import export_client
+from ..engine.peft_export import export_client
 from .config import load_experiment
 from .experiment import build_algorithm, dataset_for_seed
 

@@ -30,7 +30,7 @@ from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import FederatedDataset
 from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
-from ..engine.export import export_every_client, is_hf_template
+from ..engine.peft_export import export_every_client, is_hf_template
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
 from ..engine.summary import RunLog, aggregate_seeds, param_counts, summary

@@ -14,7 +14,7 @@ import torch
 from bouquet.app.config import parse_experiment
 from bouquet.app.runner import simulator
 from bouquet.data.federated import FederatedDataset
-from bouquet.engine.export import ExportError, client_params, export_client
+from bouquet.engine.peft_export import ExportError, client_params, export_client
 from hfkit import token_data
 
 peft = pytest.importorskip("peft")
@@ -38,8 +38,9 @@ def trained(model: dict, data: FederatedDataset, name: str, lr: float):
     return sim.alg, state
 
 
-def roundtrip(alg, state, data, base, tmp_path, client: int = 1) -> tuple[float, float]:
-    """(largest |bouquet - peft| logit difference, largest |personalized - base| difference)."""
+def roundtrip(alg, state, data, base, tmp_path, client: int = 1, relative: bool = False) -> tuple[float, float]:
+    """(largest |bouquet - peft| logit difference, largest |personalized - base| difference); with
+    ``relative``, both divided by the largest |logit|."""
     x = data.clients[client].x_test
     with torch.no_grad(), alg.mode(False):
         ours = alg.apply(client_params(alg, state.server, state.clients, client), x)
@@ -51,7 +52,8 @@ def roundtrip(alg, state, data, base, tmp_path, client: int = 1) -> tuple[float,
         plain = model.get_base_model()
         with model.disable_adapter():
             before = plain(input_ids=x.clamp_min(0), attention_mask=keep.long()).logits
-    return float((ours - theirs).abs().max()), float((ours - before).abs().max())
+    scale = float(ours.abs().max()) if relative else 1.0
+    return float((ours - theirs).abs().max()) / scale, float((ours - before).abs().max()) / scale
 
 
 @pytest.mark.parametrize("name", ["fedit", "ditto", "potara", "floral"])
@@ -102,9 +104,20 @@ def test_smollm2_export_matches_peft(tmp_path):
 
     ckpt = checkpoint_for(None, "causal_lm")
     data = token_data("language_modeling", vocab=49152, length=6, num_clients=2)
-    alg, state = trained({"name": "hf", "head": "causal_lm"}, data, "floral", lr=0.5)
+    alg, state = trained({"name": "hf", "head": "causal_lm"}, data, "floral", lr=0.05)
+    # the same attention kernel as bouquet's model (eager): over 30 layers sdpa's different summation
+    # order alone moves the logits by ~1e-4, which is not what this test measures
     base = transformers.AutoModelForCausalLM.from_pretrained(ckpt.directory, gguf_file=ckpt.gguf_file,
-                                                             dtype=torch.float32)
-    diff, moved = roundtrip(alg, state, data, base, tmp_path)
+                                                             dtype=torch.float32, attn_implementation="eager")
+    # Compared in float64: over 30 float32 layers the two summation orders of the same LoRA (pi on B, or
+    # on x A^T) drift apart by more than 1e-5. lr 0.05: at 0.5 FLoRAL's ScaledGD step diverges on this
+    # model (benchmarks/lm/RESULTS.md), and logits of that size hide any exactness.
+    alg.model.double()
+    state.server["params"] = {k: v.double() for k, v in state.server["params"].items()}
+    state.clients = {k: v.double() for k, v in state.clients.items()}
+    try:
+        diff, moved = roundtrip(alg, state, data, base.double(), tmp_path)
+    finally:
+        alg.model.float()
     assert moved > 1e-4
     assert diff < 1e-5
