@@ -98,21 +98,9 @@ def test_every_measured_option_gives_the_same_training(images, first_round, opti
     _assert_same(got, ref)
 
 
-def test_simulator_uses_the_kernels_for_convs_and_matches_the_client_loop(images):
-    runs = []
-    for hand in (True, False):
-        alg = _floral(images)
-        sim = Simulator(alg, images, RunSpec(rounds=2, clients_per_round=4, batch_size=8, hand_batched=hand))
-        assert sim.training_path == ("batched conv kernels" if hand else "sequential")
-        state = sim.init_state()
-        for _ in range(2):
-            state, _ = sim.run_round(state)
-        runs.append((state, sim.evaluate(state)["mean"]))
-    (a, acc_a), (b, acc_b) = runs
-    for k in a.server["params"]:
-        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a.clients["router.logits"], b.clients["router.logits"], rtol=1e-4, atol=1e-5)
-    assert acc_a == pytest.approx(acc_b, abs=1e-6)
+def test_simulator_uses_the_kernels_for_convs_and_matches_the_client_loop(images, rounds_with_and_without_kernels):
+    rounds_with_and_without_kernels(lambda: _floral(images), images, {"clients_per_round": 4, "batch_size": 8},
+                                    ("batched conv kernels", "sequential"), rounds=2)
 
 
 def test_same_rounds_as_the_pfllib_style_loop(images):

@@ -112,23 +112,11 @@ def test_kernels_leaves_inputs_untouched(padded_digits, first_round):
         assert torch.equal(v, before[k]), k
 
 
-def test_simulator_rounds_equal_with_and_without_kernels(padded_digits):
+def test_simulator_rounds_equal_with_and_without_kernels(padded_digits, rounds_with_and_without_kernels):
     """Whole rounds (training, aggregation, router state) agree between the kernels and vmap + autograd."""
-    runs = []
-    for hand in (True, False):
-        alg = _floral(padded_digits)
-        spec = RunSpec(rounds=3, clients_per_round=5, batch_size=8, hand_batched=hand)
-        sim = Simulator(alg, padded_digits, spec)
-        assert sim.training_path == ("hand-batched kernels" if hand else "vmap + autograd")
-        state = sim.init_state()
-        for _ in range(3):
-            state, _ = sim.run_round(state)
-        runs.append((state, sim.evaluate(state)["mean"]))
-    (a, acc_a), (b, acc_b) = runs
-    for k in a.server["params"]:
-        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(a.clients["router.logits"], b.clients["router.logits"], rtol=1e-4, atol=1e-5)
-    assert acc_a == pytest.approx(acc_b, abs=1e-6)
+    rounds_with_and_without_kernels(lambda: _floral(padded_digits), padded_digits,
+                                    {"clients_per_round": 5, "batch_size": 8},
+                                    ("hand-batched kernels", "vmap + autograd"), rounds=3)
 
 
 def test_parse_chain_layers_and_unsupported_models(padded_digits):

@@ -20,6 +20,12 @@ def mixed_bias(pi: Tensor, bias: Tensor | None) -> Tensor | None:
     return None if bias is None else pi @ bias
 
 
+def stacked_factors(lora_A: Tensor, lora_B: Tensor) -> tuple[Tensor, Tensor]:
+    """The C adaptors as one rank-(C*r) pair: A_cat [C*r, in] = [A_1; ...], B_cat [out, C*r] = [B_1, ...]."""
+    num, rank, d_in = lora_A.shape
+    return lora_A.reshape(num * rank, d_in), lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], num * rank)
+
+
 def mixture_linear_delta(
     x: Tensor, lora_A: Tensor, lora_B: Tensor, pi: Tensor, lora_bias: Tensor | None
 ) -> Tensor:
@@ -28,10 +34,8 @@ def mixture_linear_delta(
     All C adaptors run as one rank-(C*r) product: h = x A_cat^T, scale each rank block by pi_c,
     then h B_cat^T, which sums over c for free.
     """
-    num, rank, d_in = lora_A.shape
-    a_cat = lora_A.reshape(num * rank, d_in)
-    b_cat = lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], num * rank)
-    h = (x @ a_cat.T) * rank_scale(pi, rank)
+    a_cat, b_cat = stacked_factors(lora_A, lora_B)
+    h = (x @ a_cat.T) * rank_scale(pi, lora_A.shape[1])
     out = h @ b_cat.T
     bias = mixed_bias(pi, lora_bias)
     return out if bias is None else out + bias

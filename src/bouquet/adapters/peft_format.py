@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..files import atomic_write_bytes
-from .functional import rank_scale
+from .functional import mixed_bias, rank_scale, stacked_factors
 
 ADAPTER_FILE, CONFIG_FILE = "adapter_model.safetensors", "adapter_config.json"
 
@@ -42,11 +42,9 @@ class LoraFactors:
 def collapse_mixture(lora_A: Tensor, lora_B: Tensor, pi: Tensor, lora_bias: Tensor | None, alpha: float
                      ) -> LoraFactors:
     """A mixture layer's delta under weights ``pi`` [C] as one LoRA of rank C*r (exact)."""
-    num, rank, d_in = lora_A.shape
-    a_cat = lora_A.reshape(num * rank, d_in)
-    b_cat = lora_B.permute(1, 0, 2).reshape(lora_B.shape[1], num * rank) * rank_scale(pi, rank)
-    bias = None if lora_bias is None else (pi.unsqueeze(-1) * lora_bias).sum(0)
-    return LoraFactors(a_cat.contiguous(), b_cat.contiguous(), bias, float(alpha))
+    a_cat, b_cat = stacked_factors(lora_A, lora_B)
+    b_cat = b_cat * rank_scale(pi, lora_A.shape[1])
+    return LoraFactors(a_cat.contiguous(), b_cat.contiguous(), mixed_bias(pi, lora_bias), float(alpha))
 
 
 def write_peft_adapter(out_dir: str | Path, layers: Mapping[str, LoraFactors], *, base_model: str,

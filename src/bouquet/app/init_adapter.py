@@ -15,8 +15,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..adapters.layers import MixtureLinear
 from ..algorithms import Algorithm
 from ..checks import ConfigError
+from ..engine.peft_export import hf_root
 
 PREFIX = "base_model.model."
 
@@ -59,8 +61,8 @@ def read_peft_adapter(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]:
 
 def with_initial_adaptors(alg: Algorithm, adapter: dict[str, tuple[Tensor, Tensor]], source: str) -> Algorithm:
     """``alg`` whose ``init`` puts the adapter's factors into every matching adaptor tensor."""
-    layers = {n: m for n, m in alg.model.named_modules() if hasattr(m, "lora_A") and hasattr(m, "alpha")}
-    hf_prefix = next((n + "." for n, m in alg.model.named_modules() if hasattr(m, "save_pretrained")), "")
+    layers = {n: m for n, m in alg.model.named_modules() if isinstance(m, MixtureLinear)}
+    hf_prefix = hf_root(alg.model)[0]
     by_layer = {}
     for name, module in layers.items():
         path = name.removeprefix(hf_prefix)

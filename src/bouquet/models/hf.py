@@ -141,6 +141,11 @@ class FrozenHF(nn.Module):
     deterministic and the batched and client-by-client paths agree exactly.
     """
 
+    def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
+        super().__init__()
+        self.hf = hf
+        self.checkpoint = checkpoint
+
     def train(self, mode: bool = True) -> FrozenHF:
         super().train(mode)
         self.hf.eval()
@@ -151,9 +156,7 @@ class HFCausalLM(FrozenHF):
     """A causal LM over token windows: ids [..., T] (-1 = padding at the end) -> logits [..., T, vocab]."""
 
     def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
-        super().__init__()
-        self.hf = hf
-        self.checkpoint = checkpoint
+        super().__init__(hf, checkpoint)
         self.lora_targets = DEFAULT_TARGETS.get(hf.config.model_type)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -165,9 +168,7 @@ class HFClassifier(FrozenHF):
     """A sequence classifier: ids [..., T] (-1 = padding) -> logits [..., num_labels]."""
 
     def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
-        super().__init__()
-        self.hf = hf
-        self.checkpoint = checkpoint
+        super().__init__(hf, checkpoint)
         targets = DEFAULT_TARGETS.get(hf.config.model_type)
         head = "classifier" if hasattr(hf, "classifier") else "score"
         self.lora_targets = (*targets, head) if targets else None
