@@ -60,6 +60,7 @@ _EXPORTS = {
     "build_dataset": "bouquet.data.build",
     "FederatedDataset": "bouquet.data.federated",
     "ClientData": "bouquet.data.federated",
+    "PooledClients": "bouquet.data.pooled",
     "carve_validation": "bouquet.data.holdout",
     "DatasetInfo": "bouquet.data.federated",
     "write_node_dirs": "bouquet.data.node_dir",

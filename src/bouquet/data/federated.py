@@ -3,48 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-Objective = Literal["classification", "regression"]
+from .client import ClientData, DataError, Objective
+from .pooled import PooledClients
 
-
-class DataError(ValueError):
-    """Raised for missing, corrupt or ill-formed data; the message names the file or field."""
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's data. ``*_ids`` are ids of the rows in the source pool, used to prove disjointness.
-
-    Classification labels are int64 of shape ``[n]``; regression targets float32 of shape ``[n, d_out]``.
-    """
-
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    cluster: int
-    train_ids: Tensor
-    test_ids: Tensor
-
-    @property
-    def num_train(self) -> int:
-        return int(self.x_train.shape[0])
-
-    @property
-    def num_test(self) -> int:
-        return int(self.x_test.shape[0])
+__all__ = ["ClientData", "DataError", "DatasetInfo", "FederatedDataset", "Objective", "PooledClients"]
 
 
 @dataclass(frozen=True)
 class FederatedDataset:
-    """A federation: clients (index = client id), the shared input shape and the output size."""
+    """A federation: clients (index = client id), the shared input shape and the output size.
+
+    ``clients`` is a tuple of ``ClientData`` (each client's own tensors) or ``PooledClients`` (row indices
+    into one shared pool, for many clients resampling few rows); both read alike, client by client.
+    """
 
     name: str
-    clients: tuple[ClientData, ...]
+    clients: tuple[ClientData, ...] | PooledClients
     input_shape: tuple[int, ...]
     num_outputs: int
     objective: Objective
@@ -56,13 +34,24 @@ class FederatedDataset:
         return len(self.clients)
 
     @property
+    def pooled(self) -> PooledClients | None:
+        """The clients as a ``PooledClients`` when they are index-pooled, else None."""
+        return self.clients if isinstance(self.clients, PooledClients) else None
+
+    @property
     def clusters(self) -> Tensor:
+        if self.pooled is not None:
+            return self.pooled.cluster.clone()
         return torch.tensor([c.cluster for c in self.clients], dtype=torch.long)
 
     def train_sizes(self) -> Tensor:
+        if self.pooled is not None:
+            return self.pooled.train.sizes.clone()
         return torch.tensor([c.num_train for c in self.clients], dtype=torch.long)
 
     def test_sizes(self) -> Tensor:
+        if self.pooled is not None:
+            return self.pooled.test.sizes.clone()
         return torch.tensor([c.num_test for c in self.clients], dtype=torch.long)
 
     def total_train_examples(self) -> int:
@@ -77,12 +66,30 @@ class FederatedDataset:
     def check(self) -> None:
         """Validate shapes, dtypes, finiteness, label range, split sizes and train/test disjointness; raise DataError.
 
-        Vectorised over clients (one pass over concatenated labels and ids, features checked in chunks), so that
-        it stays cheap for 10,000 clients; the message names the first offending client.
+        Vectorised over clients (one pass over concatenated labels and ids, features checked in chunks; pooled
+        clients' features once per pool row), so that it stays cheap for 100,000 clients; the message names the
+        first offending client.
         """
         if not self.clients:
             raise DataError(f"dataset {self.name!r}: no clients")
-        for k, c in enumerate(self.clients):  # metadata only: no pass over the data
+        if self.pooled is not None:
+            self.pooled.check_layout(f"dataset {self.name!r}", tuple(self.input_shape), self.objective)
+        else:
+            self._check_layout()
+        for what, sizes in (("training examples", self.train_sizes()), ("test rows", self.test_sizes())):
+            empty = torch.nonzero(sizes == 0).flatten().tolist()
+            if empty:
+                raise DataError(f"dataset {self.name!r}: {_clients(empty)} without {what}; expected at least one "
+                                f"per client")
+        for split in ("train", "test"):
+            if self.pooled is None:
+                self._check_features(split)
+            self._check_labels(split)
+        self._check_disjoint()
+
+    def _check_layout(self) -> None:
+        """Shapes and dtypes of every client's tensors (metadata only: no pass over the data)."""
+        for k, c in enumerate(self.clients):
             where = f"dataset {self.name!r}, client {k}"
             for split, x, y, ids in (("train", c.x_train, c.y_train, c.train_ids),
                                      ("test", c.x_test, c.y_test, c.test_ids)):
@@ -93,17 +100,17 @@ class FederatedDataset:
                     raise DataError(f"{where}: x_{split}, y_{split} and {split}_ids differ in length")
                 if self.objective in ("classification", "language_modeling") and y.dtype != torch.long:
                     raise DataError(f"{where}: y_{split} must be int64 labels or token ids, got {y.dtype}")
-        for what, sizes in (("training examples", self.train_sizes()), ("test rows", self.test_sizes())):
-            empty = torch.nonzero(sizes == 0).flatten().tolist()
-            if empty:
-                raise DataError(f"dataset {self.name!r}: {_clients(empty)} without {what}; expected at least one "
-                                f"per client")
-        for split in ("train", "test"):
-            self._check_values(split)
-        self._check_disjoint()
 
-    def _check_values(self, split: str) -> None:
-        """Finite features (in chunks of clients), labels in range or finite targets, for one split."""
+    def _flat(self, split: str) -> tuple[Tensor, Tensor]:
+        """Labels and source ids of every row of ``split``, clients concatenated in order."""
+        if self.pooled is not None:
+            s = self.pooled.split(split)
+            return s.y, self.pooled.pool_ids[s.rows]
+        return (torch.cat([getattr(c, f"y_{split}") for c in self.clients]),
+                torch.cat([getattr(c, f"{split}_ids") for c in self.clients]))
+
+    def _check_features(self, split: str) -> None:
+        """Finite features of one split, in chunks of clients."""
         xs = [getattr(c, f"x_{split}") for c in self.clients]
         start, budget = 0, 1 << 24  # elements per chunk
         while start < len(xs):
@@ -115,8 +122,12 @@ class FederatedDataset:
                 k = next(i for i in range(start, stop) if not torch.isfinite(xs[i]).all())
                 raise DataError(f"dataset {self.name!r}, client {k}: x_{split} has NaN or Inf features")
             start = stop
-        y = torch.cat([getattr(c, f"y_{split}") for c in self.clients])
-        owner = torch.repeat_interleave(torch.arange(self.num_clients), torch.tensor([len(x) for x in xs]))
+
+    def _check_labels(self, split: str) -> None:
+        """Labels in range (classification, token ids) or finite targets (regression), for one split."""
+        y = self._flat(split)[0]
+        sizes = self.train_sizes() if split == "train" else self.test_sizes()
+        owner = torch.repeat_interleave(torch.arange(self.num_clients), sizes)
         if self.objective in ("classification", "language_modeling"):
             bad = (y < 0) | (y >= self.num_outputs)
             if self.objective == "language_modeling":  # -100: a padded target position
@@ -136,8 +147,7 @@ class FederatedDataset:
 
     def _check_disjoint(self) -> None:
         """No test row of any client is a training row (of the same client or of another)."""
-        train = torch.cat([c.train_ids for c in self.clients])
-        test = torch.cat([c.test_ids for c in self.clients])
+        train, test = self._flat("train")[1], self._flat("test")[1]
         leak = torch.isin(test, train)
         if not leak.any():
             return

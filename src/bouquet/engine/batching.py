@@ -1,7 +1,9 @@
 """Client data as flat tensors, and the pre-built batches of a round as index tensors.
 
 All clients' rows live in one concatenated tensor per split (no per-client padding); a round's
-batches are an index tensor ``[K, S, B]`` into it plus example weights ``w`` (0 = padding). Shuffles
+batches are an index tensor ``[K, S, B]`` into it plus example weights ``w`` (0 = padding). For
+index-pooled clients (``PooledClients``) the features are the pool's, stored once, and a client row
+reads its pool row through ``rows``: batches are gathered from the pool, never from per-client copies. Shuffles
 come from a generator seeded by (seed, round, client, purpose), so a client's batches do not
 depend on which other clients were sampled or on the engine that runs it.
 """
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.federated import FederatedDataset
+from ..data.federated import FederatedDataset, PooledClients
 
 # purposes of a client's random stream
 TRAIN, FINETUNE = 0, 1
@@ -23,15 +25,23 @@ TRAIN, FINETUNE = 0, 1
 
 @dataclass(frozen=True)
 class SplitArrays:
-    """One split of every client, concatenated: rows of client k are ``offsets[k]:offsets[k]+sizes[k]``."""
+    """One split of every client, concatenated: rows of client k are ``offsets[k]:offsets[k]+sizes[k]``.
+
+    ``y`` holds every client row; ``x`` holds every client row too, or (``rows`` given: pooled clients)
+    the pool's rows, client row ``i`` reading ``x[rows[i]]``.
+    """
 
     x: Tensor
     y: Tensor
     offsets: Tensor
     sizes: Tensor
+    rows: Tensor | None = None
 
     @staticmethod
     def from_dataset(data: FederatedDataset, split: str) -> SplitArrays:
+        """The split's arrays: one float32 copy of the clients' features (of the pool, for pooled clients)."""
+        if isinstance(data.clients, PooledClients):
+            return SplitArrays.from_pooled(data.clients, split)
         xs = [getattr(c, f"x_{split}") for c in data.clients]
         ys = [getattr(c, f"y_{split}") for c in data.clients]
         sizes = torch.tensor([t.shape[0] for t in xs], dtype=torch.long)
@@ -45,14 +55,23 @@ class SplitArrays:
             x[start:start + t.shape[0]] = t
         return SplitArrays(x, torch.cat(ys).contiguous(), offsets, sizes)
 
+    @staticmethod
+    def from_pooled(clients: PooledClients, split: str) -> SplitArrays:
+        """Pooled clients' split: the pool in float32 (token ids stay integers), the clients' rows as indices."""
+        s = clients.split(split)
+        x = clients.x_pool.float() if clients.x_pool.is_floating_point() else clients.x_pool
+        return SplitArrays(x.contiguous(), s.y.contiguous(), s.offsets, s.sizes.clone(), s.rows.contiguous())
+
     def to(self, device: torch.device | str) -> SplitArrays:
-        return SplitArrays(self.x.to(device), self.y.to(device), self.offsets, self.sizes)
+        rows = None if self.rows is None else self.rows.to(device)
+        return SplitArrays(self.x.to(device), self.y.to(device), self.offsets, self.sizes, rows)
 
     def gather(self, index: Tensor, weight: Tensor) -> dict[str, Tensor]:
         """Batches for an index tensor of any leading shape: {"x", "y", "w"}."""
-        index = index.to(self.x.device)
+        index = index.to(self.y.device)
+        rows = index if self.rows is None else self.rows[index]
         wdtype = self.x.dtype if self.x.is_floating_point() else torch.float32
-        return {"x": self.x[index], "y": self.y[index], "w": weight.to(self.x.device, wdtype)}
+        return {"x": self.x[rows], "y": self.y[index], "w": weight.to(self.x.device, wdtype)}
 
 
 def client_rng(seed: int, round_idx: int, client: int, purpose: int) -> np.random.Generator:

@@ -35,7 +35,7 @@ def _row0(d: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def client_view(arrays: SplitArrays, row: int) -> SplitArrays:
     """One client's rows (``row`` of ``arrays``) as a one-client SplitArrays."""
-    return SplitArrays(arrays.x, arrays.y, arrays.offsets[row:row + 1], arrays.sizes[row:row + 1])
+    return SplitArrays(arrays.x, arrays.y, arrays.offsets[row:row + 1], arrays.sizes[row:row + 1], arrays.rows)
 
 
 def train_client(alg: Algorithm, spec: RunSpec, seed: int, train: SplitArrays, cid: int, payload: dict[str, Tensor],
