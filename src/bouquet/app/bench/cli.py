@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .scale import spawn, table
+from .scale import interleaved_rounds, interleaved_table, spawn, table
 from .speed import add_arguments, main_args
 
 
@@ -21,6 +21,8 @@ def add_bench_parser(sub) -> None:
     scale.add_argument("--per-round", type=int, default=100)
     scale.add_argument("--rounds", type=int, default=10)
     scale.add_argument("--threads", type=int, default=2)
+    scale.add_argument("--interleaved", action="store_true",
+                       help="also time every count's rounds alternated in one process (a fair ratio under load)")
     scale.add_argument("--json", help="also write the results here")
 
 
@@ -28,8 +30,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run the chosen benchmark and print its markdown table."""
     if args.bench == "speed":
         return main_args(args)
-    results = [spawn(int(n), args.rounds, args.per_round, args.threads) for n in args.clients.split(",")]
+    counts = [int(n) for n in args.clients.split(",")]
+    results = [spawn(n, args.rounds, args.per_round, args.threads) for n in counts]
     print(table(results))
+    if args.interleaved:
+        mixed = interleaved_rounds(counts, args.rounds, args.per_round, threads=args.threads)
+        print()
+        print(interleaved_table(mixed))
+        results = {"separate": results, "interleaved": mixed}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     return 0

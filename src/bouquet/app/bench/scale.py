@@ -92,6 +92,35 @@ def run_scale(num_clients: int, rounds: int = 10, per_round: int = 100, warmup: 
             "checkpoint_bytes": ckpt, "checkpoint_s": ckpt_s, "peak_rss_mb": peak_rss_mb(), "threads": threads}
 
 
+def interleaved_rounds(counts: list[int], rounds: int = 10, per_round: int = 100, warmup: int = 2,
+                       threads: int = 2) -> list[dict]:
+    """Seconds per round at each number of registered clients, their rounds alternated in one process (the
+    order rotating each round), so that a shared machine's load falls on every count alike."""
+    torch.set_num_threads(threads)
+    sims, states, times = [], [], [[] for _ in counts]
+    for n in counts:
+        data = many_clients(n)
+        w = Workload(num_clients=n, clients_per_round=per_round, train_per_client=20)
+        sims.append(Simulator(build_floral(w, data), data, RunSpec(rounds=rounds, clients_per_round=per_round,
+                                                                   batch_size=w.batch_size)))
+        states.append(sims[-1].init_state())
+    for r in range(rounds):
+        for j in [(r + i) % len(counts) for i in range(len(counts))]:
+            t = time.perf_counter()
+            states[j], _ = sims[j].run_round(states[j])
+            times[j].append(time.perf_counter() - t)
+    medians = [statistics.median(t[warmup:] or t) for t in times]
+    return [{"clients": n, "round_s": t, "round_s_median": m, "ratio": m / medians[0], "threads": threads}
+            for n, t, m in zip(counts, times, medians, strict=True)]
+
+
+def interleaved_table(results: list[dict]) -> str:
+    """The markdown table of ``interleaved_rounds``."""
+    lines = ["| registered clients | s/round (median, interleaved) | vs the first |", "|---|---|---|"]
+    lines += [f"| {r['clients']} | {r['round_s_median']:.3f} | {r['ratio']:.2f}x |" for r in results]
+    return "\n".join(lines)
+
+
 def table(results: list[dict]) -> str:
     """The markdown table of ``bench scale`` results, one row per number of registered clients."""
     lines = ["| registered clients | s/round (median) | evaluate all s | accuracy | client state | data (pooled) | "
