@@ -5,7 +5,7 @@ import torch
 from bouquet.app.bench.interleaved import interleaved
 from bouquet.app.bench.interleaved import table as interleaved_table
 from bouquet.app.bench.pfl_reference import Client, Server
-from bouquet.app.bench.scale import many_clients
+from bouquet.app.bench.scale import interleaved_scale, interleaved_scale_table, many_clients, run_scale, table
 from bouquet.app.bench.workload import Workload, build_floral, conv_flops_per_example, flops_per_example, linear_layers
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
@@ -31,6 +31,19 @@ def test_many_clients_keeps_only_router_state():
     state, _ = sim.run_round(sim.init_state())
     assert set(state.clients) == {"router.logits"}
     assert state.clients["router.logits"].shape == (40, 4)
+
+
+def test_scale_point_and_interleaved_rounds():
+    """One scale point (pooled clients, a checkpoint's bytes) and the interleaved timing, on a few clients."""
+    data = many_clients(30, train=4, test=2)
+    assert data.pooled is not None and data.pooled.x_pool.shape[0] == 5000  # the pool once, no client copies
+    r = run_scale(30, rounds=2, per_round=5, warmup=0, threads=1)
+    assert r["client_state_keys"] == ["router.logits"] and r["client_state_bytes"] == 30 * 4 * 4
+    assert 0 < r["checkpoint_bytes"] < 2e6 and r["data_bytes"] > 5000 * 784 * 4
+    assert "| 30 |" in table([r, {"clients": 7, "error": "boom"}])
+    mixed = interleaved_scale([10, 20], rounds=2, per_round=5, warmup=0, threads=1)
+    assert [m["clients"] for m in mixed] == [10, 20] and mixed[0]["ratio"] == 1.0
+    assert "| 20 |" in interleaved_scale_table(mixed)
 
 
 def test_pfl_reference_round_trains_and_aggregates():

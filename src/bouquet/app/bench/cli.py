@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .scale import interleaved_rounds, interleaved_table, spawn, table
+from .scale import interleaved_scale, interleaved_scale_table, spawn, table
 from .speed import add_arguments, main_args
 
 
@@ -17,7 +17,7 @@ def add_bench_parser(sub) -> None:
     speed = kinds.add_parser("speed", help="bouquet vs a PFLlib-style loop vs Flower on FLoRAL MNIST")
     add_arguments(speed)
     scale = kinds.add_parser("scale", help="FLoRAL with many registered clients: s/round and peak RSS")
-    scale.add_argument("--clients", default="1000,10000", help="comma-separated numbers of registered clients")
+    scale.add_argument("--clients", default="1000,10000,100000", help="comma-separated numbers of registered clients")
     scale.add_argument("--per-round", type=int, default=100)
     scale.add_argument("--rounds", type=int, default=10)
     scale.add_argument("--threads", type=int, default=2)
@@ -34,9 +34,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     results = [spawn(n, args.rounds, args.per_round, args.threads) for n in counts]
     print(table(results))
     if args.interleaved:
-        mixed = interleaved_rounds(counts, args.rounds, args.per_round, threads=args.threads)
+        mixed = interleaved_scale(counts, args.rounds, args.per_round, threads=args.threads)
         print()
-        print(interleaved_table(mixed))
+        print(interleaved_scale_table(mixed))
         results = {"separate": results, "interleaved": mixed}
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

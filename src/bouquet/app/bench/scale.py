@@ -92,7 +92,7 @@ def run_scale(num_clients: int, rounds: int = 10, per_round: int = 100, warmup: 
             "checkpoint_bytes": ckpt, "checkpoint_s": ckpt_s, "peak_rss_mb": peak_rss_mb(), "threads": threads}
 
 
-def interleaved_rounds(counts: list[int], rounds: int = 10, per_round: int = 100, warmup: int = 2,
+def interleaved_scale(counts: list[int], rounds: int = 10, per_round: int = 100, warmup: int = 2,
                        threads: int = 2) -> list[dict]:
     """Seconds per round at each number of registered clients, their rounds alternated in one process (the
     order rotating each round), so that a shared machine's load falls on every count alike."""
@@ -114,8 +114,8 @@ def interleaved_rounds(counts: list[int], rounds: int = 10, per_round: int = 100
             for n, t, m in zip(counts, times, medians, strict=True)]
 
 
-def interleaved_table(results: list[dict]) -> str:
-    """The markdown table of ``interleaved_rounds``."""
+def interleaved_scale_table(results: list[dict]) -> str:
+    """The markdown table of ``interleaved_scale``."""
     lines = ["| registered clients | s/round (median, interleaved) | vs the first |", "|---|---|---|"]
     lines += [f"| {r['clients']} | {r['round_s_median']:.3f} | {r['ratio']:.2f}x |" for r in results]
     return "\n".join(lines)
