@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from bouquet.algorithms.floral import floral, wrap
-from bouquet.data import DataSpec, build_dataset
+from bouquet.data import DataSpec, FederatedDataset, PooledClients, build_dataset
+from bouquet.engine.batching import SplitArrays, padded_split
 from bouquet.engine.fast_linear import FastLinear
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
@@ -66,3 +67,18 @@ def test_cuda_kernels_match_cpu_sequential(cnn):
 def test_auto_device_picks_cuda():
     sim_state, _, _ = _run("auto", True)
     assert all(v.device.type == "cuda" for v in sim_state.server["params"].values())
+
+
+def test_pooled_clients_gather_on_cuda():
+    """Index-pooled clients: the pool and its row index move to the device; batches equal the CPU's."""
+    gen = torch.Generator().manual_seed(0)
+    x_pool = torch.randn(30, 4, generator=gen)
+    rows_tr, rows_te = torch.randint(0, 20, (50, 3), generator=gen), torch.randint(20, 30, (50, 2), generator=gen)
+    clients = PooledClients.build(x_pool, torch.arange(50) % 2, rows_tr, rows_tr % 3, rows_te, rows_te % 3)
+    data = FederatedDataset("pooled", clients, (4,), 3, "classification", 2)
+    cpu = SplitArrays.from_dataset(data, "train")
+    gpu = cpu.to("cuda")
+    index, weight = padded_split(cpu, torch.tensor([1, 7, 49]))
+    got, want = gpu.gather(index, weight), cpu.gather(index, weight)
+    assert got["x"].device.type == "cuda" and gpu.rows.device.type == "cuda"
+    assert all(torch.equal(got[k].cpu(), want[k]) for k in ("x", "y", "w"))
