@@ -7,14 +7,24 @@ round, evaluation every round) three ways, one after the other:
 - Flower simulation runtime: ``flower-superlink --simulation``, Ray backend, 10 simulated SuperNodes
 - Flower deployment runtime: a SuperLink and 3 ``flower-supernode`` processes on 127.0.0.1, the nodes
   rebuilding the experiment's dataset, then the same with each node serving its own data directory
-  (``bouquet partition``, ``--node-config data-dir=...``: no dataset rebuilt per message)
+  (``bouquet partition``, ``--node-config data-dir=...``: no dataset rebuilt per message); both with Flower's
+  default isolation (a new ``flwr-clientapp`` process per message)
+- the same deployment with long-lived node workers: ``flower-supernode --isolation process`` and one
+  ``bouquet node-worker`` per node running every ClientApp task in-process (own data directories)
+- diagnostic: the workers' deployment with Flower 1.42's fixed polling waits shortened in the SuperNodes and
+  the ServerApp (``benchmarks/flower_fast_polls/sitecustomize.py``; not a configuration Flower offers)
 - the floor Flower's deployment runtime sets: one Python process importing Flower's ClientApp API (what
   every ClientApp message costs before any user code), and one importing bouquet's ClientApp (torch too)
+
+For the worker rows the workers' own log lines give the per-message costs inside a node: pulling the task
+input from the SuperNode, the ClientApp call, pushing the reply (medians over all tasks after each node's
+first train message, which builds the job).
 
 Per-round seconds come from the ServerApp's own round timer (``record["seconds"]``, training +
 evaluation), so process start-up is reported apart; medians leave round 1 (warm-up) out. Usage::
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flower_overhead.py --rounds 5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flower_overhead.py --rounds 5 --only-workers  # no process-per-message
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,6 +53,9 @@ from bouquet.data.node_dir import write_node_dirs
 from bouquet.flower.deploy import LocalFederation
 
 REPO = Path(__file__).resolve().parents[1]
+SIM = "Flower simulation (Ray, 10 SuperNodes)"
+WORKERS = "Flower deployment (3 SuperNodes + node workers, own data dirs)"
+FAST = "Flower deployment + workers, Flower's polling waits shortened (diagnostic)"
 
 
 def experiment(rounds: int):
@@ -66,25 +80,49 @@ def local_seconds(exp, vectorized: bool) -> list[float]:
     return out
 
 
-def flower_seconds(exp, simulation: bool, supernodes: int,
-                   node_data: bool = False) -> tuple[list[float], float, list[dict]]:
-    """(seconds per round, wall seconds from start-up to the end of the run, records)."""
+FAST_POLLS = REPO / "benchmarks" / "flower_fast_polls"
+TASK_LINE = re.compile(r"task (\d+) \((\w+)\): completed; pull ([\d.]+) s, app ([\d.]+) s, push ([\d.]+) s")
+
+
+def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
+    """(message type, pull, app, push seconds) of every task the workers logged, each node's tasks after its
+    first train message (which builds the job, once per run)."""
+    out = []
+    for log in sorted(logs.glob("worker-*.log")):
+        tasks = [(m[2], float(m[3]), float(m[4]), float(m[5])) for m in TASK_LINE.finditer(log.read_text())]
+        first = next((i for i, t in enumerate(tasks) if t[0] == "train"), len(tasks))
+        out += tasks[first + 1:]
+    return out
+
+
+def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
+                   fast_polls: bool = False) -> tuple[list[float], float, list[dict], list]:
+    """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
     run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0}
-    with tempfile.TemporaryDirectory(prefix="bouquet-bench-") as tmp:
-        configs = None
-        if node_data:
-            dirs = write_node_dirs(build_dataset(data_for_seed(exp, 0)), Path(tmp) / "nodes", supernodes)
-            configs = [{"data-dir": str(d)} for d in dirs]
-        start = time.perf_counter()
-        with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
-                             node_configs=configs) as fed:
-            fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
-            res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
-        wall = time.perf_counter() - start
+    saved = dict(os.environ)
+    if fast_polls:  # the child processes import FAST_POLLS/sitecustomize.py
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(FAST_POLLS), os.environ.get("PYTHONPATH", "")])
+        os.environ["BOUQUET_FAST_POLLS"] = "0.05"
+    try:
+        with tempfile.TemporaryDirectory(prefix="bouquet-bench-") as tmp:
+            configs = None
+            if node_data:
+                dirs = write_node_dirs(build_dataset(data_for_seed(exp, 0)), Path(tmp) / "nodes", supernodes)
+                configs = [{"data-dir": str(d)} for d in dirs]
+            start = time.perf_counter()
+            with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
+                                 node_configs=configs, workers=workers) as fed:
+                fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
+                res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
+            wall = time.perf_counter() - start
+            tasks = worker_tasks(fed.logs)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     records, summary = parse_output(res.stdout)
     if summary is None:
         raise RuntimeError(res.stdout[-3000:])
-    return [r["seconds"] for r in records], wall, records
+    return [r["seconds"] for r in records], wall, records, tasks
 
 
 def import_seconds(statement: str, repeats: int = 3) -> float:
@@ -101,21 +139,29 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--json", help="also write the numbers to this file")
+    p.add_argument("--only-workers", action="store_true", help="leave out the two process-per-message "
+                   "deployment rows (minutes each)")
     args = p.parse_args()
     torch.set_num_threads(1)
     exp = experiment(args.rounds)
-    rows = {}
+    rows, scores, tasks = {}, {}, {}
     rows["local, sequential"] = (local_seconds(exp, False), None)
     rows["local, vectorized"] = (local_seconds(exp, True), None)
-    sim, sim_wall, sim_records = flower_seconds(exp, True, 10)
-    rows["Flower simulation (Ray, 10 SuperNodes)"] = (sim, sim_wall)
-    dep, dep_wall, dep_records = flower_seconds(exp, False, 3)
-    rows["Flower deployment (3 SuperNodes)"] = (dep, dep_wall)
-    own, own_wall, own_records = flower_seconds(exp, False, 3, node_data=True)
-    rows["Flower deployment (3 SuperNodes, own data dirs)"] = (own, own_wall)
-    # the engines compute the same numbers: show the last round's score of each
-    print(f"last-round scores: simulation {sim_records[-1]['eval']['mean']:.6f}, "
-          f"deployment {dep_records[-1]['eval']['mean']:.6f}, own data {own_records[-1]['eval']['mean']:.6f}")
+    flower_rows = [(SIM, dict(simulation=True, supernodes=10))]
+    if not args.only_workers:
+        flower_rows += [("Flower deployment (3 SuperNodes)", dict(simulation=False, supernodes=3)),
+                        ("Flower deployment (3 SuperNodes, own data dirs)",
+                         dict(simulation=False, supernodes=3, node_data=True))]
+    flower_rows += [(WORKERS, dict(simulation=False, supernodes=3, node_data=True, workers=True)),
+                    (FAST, dict(simulation=False, supernodes=3, node_data=True, workers=True, fast_polls=True))]
+    loads = {"start": os.getloadavg()}
+    for name, kw in flower_rows:
+        secs, wall, records, tasks[name] = flower_seconds(exp, **kw)
+        rows[name] = (secs, wall)
+        loads[name] = os.getloadavg()
+        print(f"{name}: s/round {[round(x, 3) for x in secs]}, load average {loads[name]}", flush=True)
+        scores[name] = records[-1]["eval"]["mean"]  # the engines compute the same numbers
+    print("last-round scores: " + ", ".join(f"{name}: {v:.6f}" for name, v in scores.items()))
     floor = {"python + flwr ClientApp API": import_seconds("import flwr.app, flwr.clientapp"),
              "python + bouquet ClientApp": import_seconds("import bouquet.app.flower_apps")}
     for name, secs in floor.items():
@@ -124,16 +170,24 @@ def main() -> None:
         return statistics.median(secs[1:] if len(secs) > 1 else secs)
 
     base = steady(rows["local, sequential"][0])
-    print(f"{'engine':48s} {'median s/round':>15s} {'x local seq':>12s} {'wall s (incl. start-up)':>24s}")
+    print(f"{'engine':78s} {'median s/round':>15s} {'x local seq':>12s} {'wall s (incl. start-up)':>24s}")
     out = {}
     for name, (secs, wall) in rows.items():
         med = steady(secs)
         out[name] = {"seconds_per_round": secs, "median": med, "wall": wall}
-        print(f"{name:48s} {med:15.3f} {med / base:12.1f} {'' if wall is None else f'{wall:.1f}':>24s}")
-    sim_med = out["Flower simulation (Ray, 10 SuperNodes)"]["median"]
-    for name in ("Flower deployment (3 SuperNodes)", "Flower deployment (3 SuperNodes, own data dirs)"):
-        print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round")
+        print(f"{name:78s} {med:15.3f} {med / base:12.1f} {'' if wall is None else f'{wall:.1f}':>24s}")
+    sim_med = out[SIM]["median"]
+    for name in rows:
+        if name.startswith("Flower deployment"):
+            print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round")
+    for name, got in tasks.items():
+        if got:
+            med = {k: statistics.median(t[i] for t in got) for i, k in enumerate(("pull", "app", "push"), 1)}
+            out[name]["worker_task_median"] = med
+            print(f"{name}: {len(got)} worker tasks, median pull {med['pull']:.3f} s, app {med['app']:.3f} s, "
+                  f"push {med['push']:.3f} s")
     out["process_start"] = floor
+    out["load_average"] = loads
     print(f"load average at the end: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

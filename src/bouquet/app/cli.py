@@ -95,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("--format", choices=["npz", "pt"], default="npz", help="client file format (default npz)")
     part.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config value (repeatable)")
+    # the optional Flower runtime is imported only when this runs; its own parser reads the arguments
+    sub.add_parser("node-worker", add_help=False, help="run a SuperNode's ClientApp tasks in one long-lived process "
+                   "(flower-supernode --isolation process; 'bouquet node-worker --help', docs/flower.md)")
     add_bench_parser(sub)
     return p
 
@@ -202,8 +205,17 @@ def show_warning(message: Warning | str, category: type[Warning], filename: str,
     print(f"bouquet: warning: {text}", file=file or sys.stderr, flush=True)
 
 
+def _cmd_node_worker(argv: list[str]) -> int:
+    from ..flower.node_worker import main as worker_main  # needs the optional flwr package
+
+    return worker_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run; configuration, data and file errors print one line and exit with status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["node-worker"]:  # a long-lived process with Flower's options (bouquet.flower.node_worker)
+        return _cmd_node_worker(argv[1:])
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = show_warning

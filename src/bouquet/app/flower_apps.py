@@ -24,6 +24,7 @@ from ..engine.summary import aggregate_seeds, summary
 from ..files import atomic_write_json, atomic_write_toml, write_jsonl
 from ..flower.client import evaluate_reply, query_reply, train_reply
 from ..flower.discovery import discover
+from ..flower.grid import prompt
 from ..flower.job import FlowerJob
 from ..flower.node_state import store_for
 from ..flower.strategy import BouquetStrategy
@@ -50,21 +51,21 @@ def client_job(msg: Message, context: Context) -> FlowerJob:
     """This node's job: from its own data directory (``data-dir`` node config) or from the experiment."""
     path = _data_dir(context)
     if path is None:
-        return load_job(dict(context.run_config))
-    nd = node_dir(path)
+        return load_job(dict(context.run_config), context.run_id)
+    nd = node_dir(path, context.run_id)
     cfg = msg.content.get("config")
     cfg = dict(cfg) if cfg is not None else {}
     num = int(cfg.get("num-clients", nd.num_clients if nd.num_clients is not None else max(nd.ids) + 1))
     total = int(cfg.get("total-examples", nd.data.total_train_examples()))
-    return node_job(dict(context.run_config), path, num, total)
+    return node_job(dict(context.run_config), path, num, total, context.run_id)
 
 
 @clientapp.query()
 def _query(msg: Message, context: Context) -> Message:
     path = _data_dir(context)
     if path is None:
-        return query_reply(msg, context, load_job(dict(context.run_config)).data)
-    nd = node_dir(path)
+        return query_reply(msg, context, load_job(dict(context.run_config), context.run_id).data)
+    nd = node_dir(path, context.run_id)
     part = None if "partition-id" in context.node_config else nd.partition
     return query_reply(msg, context, nd.data, nd.ids, part)
 
@@ -151,6 +152,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run one (algorithm, seed) of the experiment named by the run config, from its latest server checkpoint
     when ``checkpoint-dir`` holds one (a resumed run: the records before it are printed again)."""
     _threads(context, "server-threads")
+    grid = prompt(grid)  # deployment: replies seen within ~0.2 s, not after Flower's 3 s polls
     rc = dict(context.run_config)
     ckpt, tag, run = _checkpoints(rc, context.run_id)
     snap = None

@@ -3,7 +3,11 @@
 The ServerApp and every ClientApp receive the same ``context.run_config``; from it each builds the
 experiment, the federated dataset and the algorithm exactly as the local engine does
 (``experiment.build_algorithm``: seeded model construction), so the initial model is identical
-everywhere without shipping it. Built jobs are cached per process.
+everywhere without shipping it. Built jobs are cached per process and, on the nodes, per Flower run: a
+long-lived node worker (``bouquet.flower.node_worker``) serves many messages of many runs, so every cache is
+keyed on what it depends on: the run config, the experiment file's path and modification time (an edited
+file, or another run's FAB, is read again), and the node's run id for the jobs and data directories (each run
+reads its data afresh, once).
 
 Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
 ``flwr run . --run-config "algorithm='floral' set='run.rounds=3'"``):
@@ -93,14 +97,19 @@ def settings(run_config: dict) -> FlowerSettings:
 
 
 def _key(run_config: dict) -> tuple:
+    """The cache key of a run config; a ``config`` file enters as its resolved path and modification time."""
     rc = with_defaults(run_config)
-    return tuple(str(rc[k]) for k in ("config", "experiment", "set", "algorithm", "seed", "out", "min-replies",
-                                      "round-timeout", "node-wait"))
+    key = [str(rc[k]) for k in ("config", "experiment", "set", "algorithm", "seed", "out", "min-replies",
+                                "round-timeout", "node-wait")]
+    if key[0] and not key[1]:
+        path = _find(key[0]).resolve()
+        key[0] = f"{path}@{path.stat().st_mtime_ns}"
+    return tuple(key)
 
 
-def load_job(run_config: dict) -> FlowerJob:
-    """The job of a run config (cached per process: ClientApps may serve many messages)."""
-    return _load(_key(run_config))
+def load_job(run_config: dict, run_id: int | None = None) -> FlowerJob:
+    """The job of a run config, cached per process and ``run_id`` (a node's Flower run: built once per run)."""
+    return _load(_key(run_config), run_id)
 
 
 @lru_cache(maxsize=4)
@@ -110,7 +119,7 @@ def _experiment(key: tuple) -> tuple[Experiment, str, int]:
     if text:
         raw = tomllib.loads(text)
     elif config:
-        raw = load_raw(_find(config))
+        raw = load_raw(config.rpartition("@")[0])
     else:
         raise ConfigError("run config: set 'config' (a TOML path) or 'experiment' (TOML text)")
     overrides = [s.strip() for s in sets.split(";") if s.strip()]
@@ -147,8 +156,8 @@ def _job(key: tuple, info: DatasetInfo, data: FederatedDataset | None = None,
                      meta={"experiment": resolved_dict(exp), "name": exp.name})
 
 
-@lru_cache(maxsize=4)
-def _load(key: tuple) -> FlowerJob:
+@lru_cache(maxsize=2)  # a worker serving two runs at once; older runs' data is let go
+def _load(key: tuple, run_id: int | None) -> FlowerJob:
     exp, _, seed = _experiment(key)
     data = dataset_for_seed(exp, seed)
     return _job(key, data.info(), data)
@@ -159,20 +168,22 @@ def server_job(run_config: dict, info: DatasetInfo) -> FlowerJob:
     return _job(_key(run_config), info)
 
 
-@lru_cache(maxsize=8)
-def node_dir(path: str) -> NodeData:
-    """A SuperNode's own data directory, read once per process."""
+@lru_cache(maxsize=4)
+def node_dir(path: str, run_id: int | None = None) -> NodeData:
+    """A SuperNode's own data directory, read once per process and ``run_id``."""
     return load_node_dir(path)
 
 
-def node_job(run_config: dict, path: str, num_clients: int, total_examples: int) -> FlowerJob:
-    """The job of a node serving its own directory, in a federation of ``num_clients`` clients."""
-    return _node_job(_key(run_config), path, num_clients, total_examples)
+def node_job(run_config: dict, path: str, num_clients: int, total_examples: int,
+             run_id: int | None = None) -> FlowerJob:
+    """The job of a node serving its own directory, in a federation of ``num_clients`` clients (cached per
+    process and ``run_id``)."""
+    return _node_job(_key(run_config), path, num_clients, total_examples, run_id)
 
 
-@lru_cache(maxsize=4)
-def _node_job(key: tuple, path: str, num_clients: int, total_examples: int) -> FlowerJob:
-    nd = node_dir(path)
+@lru_cache(maxsize=2)
+def _node_job(key: tuple, path: str, num_clients: int, total_examples: int, run_id: int | None) -> FlowerJob:
+    nd = node_dir(path, run_id)
     if nd.num_clients is not None and nd.num_clients != num_clients:
         raise ConfigError(f"data-dir: {path} is a partition of {nd.num_clients} clients; the experiment has "
                           f"{num_clients} (data.num_clients)")

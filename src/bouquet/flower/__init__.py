@@ -8,7 +8,11 @@ Modules (import them directly; ``flwr`` is an optional dependency, ``pip install
 - ``records``: tensor dicts <-> ``ArrayRecord``, message key layout
 - ``discovery``: the query handshake (which node serves which client; the federation's ``DatasetInfo``)
 - ``node_state``: a node's clients' private states (``Context.state`` or a state directory of files)
-- ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure, TLS, node authentication)
+- ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure, TLS, node authentication,
+  optionally with node workers)
+- ``node_worker``: ``bouquet node-worker``, one long-lived process running a SuperNode's ClientApp tasks
+  (``flower-supernode --isolation process``) instead of Flower's process per message
+- ``grid``: ``PromptGrid``, the deployment grid's ``send_and_receive`` without Flower's 3 s reply polls
 - ``credentials``: throw-away TLS certificates and SuperNode key pairs
 
 The ``ServerApp``/``ClientApp`` objects, which build a job from a run config, and ``bouquet run --engine

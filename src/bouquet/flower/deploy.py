@@ -7,6 +7,10 @@ the Flower configuration (a SuperLink connection named ``bouquet``), installed a
 
     with LocalFederation(tmp, num_supernodes=3) as fed:       # or simulation=True, or tls=make_tls(tmp)
         out = fed.run_app(app_dir, {"algorithm": "floral"})   # ``flwr run APP bouquet --stream``
+
+With ``workers=True`` every SuperNode runs ``--isolation process`` with one ``bouquet node-worker`` beside it
+(``node_worker``: one long-lived process runs all its ClientApp tasks) instead of Flower's process per message.
+Child processes import bouquet from the same source tree as this process (``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = ["LocalFederation", "NodeKey", "TLSFiles", "flwr_run", "free_port", "m
 
 # SuperLinks install an app's dependencies with `uv sync` unless told not to (network; bouquet is installed)
 NO_UV_SYNC = {"FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+#: the directory holding this bouquet package: child processes import the same code
+_SOURCE = str(Path(__file__).resolve().parents[2])
 
 
 def free_port() -> int:
@@ -120,7 +126,7 @@ class LocalFederation:
     def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
                  node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
-                 database: bool = False):
+                 database: bool = False, workers: bool = False, worker_poll: float = 0.05):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -131,9 +137,12 @@ class LocalFederation:
         # a SuperLink state on disk (registered nodes, runs) survives a SuperLink restart; in memory it does not,
         # and SuperNodes then exit (their heartbeats are refused: 401)
         self.database = self.dir / "superlink-state.db" if database else None
+        # one long-lived ``bouquet node-worker`` per SuperNode (``--isolation process``), polling every worker_poll s
+        self.use_workers, self.worker_poll = workers, worker_poll
         self.port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen | None] = []
         self.procs: list[subprocess.Popen] = []
 
     @property
@@ -144,6 +153,8 @@ class LocalFederation:
         env = dict(os.environ, FLWR_HOME=str(self.home), FLWR_DISABLE_UPDATE_CHECK="1", **NO_UV_SYNC,
                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), RAY_DEDUP_LOGS="0")
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join([_SOURCE, *(p for p in paths if p != _SOURCE)])
         return env
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
@@ -217,22 +228,32 @@ class LocalFederation:
         SuperNode of that index (a restart). ``key`` (default: ``node_keys[partition_id]``) authenticates it."""
         extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
         config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
+        port = free_port()
         args = [_bin("flower-supernode"), *self._security(False), "--superlink", self.address,
-                "--port", str(free_port()), "--node-config", _config_args(config)]
+                "--port", str(port), "--node-config", _config_args(config)]
         if key is None and self.node_keys and partition_id < len(self.node_keys):
             key = self.node_keys[partition_id]
         if key is not None:
             args += ["--auth-supernode-private-key", str(key.private)]
+        if self.use_workers:
+            args += ["--isolation", "process"]
         proc = self._spawn(f"supernode-{partition_id}", args)
+        worker = self._spawn(f"worker-{partition_id}", [
+            sys.executable, "-m", "bouquet", "node-worker", "--runtime-api-address", f"127.0.0.1:{port}",
+            "--insecure", "--parent-pid", str(proc.pid), "--poll-interval", str(self.worker_poll),
+            "--preload", "bouquet.app.flower_apps"]) if self.use_workers else None
         if index is None:
             self.supernodes.append(proc)
+            self.workers.append(worker)
         else:
-            self.supernodes[index] = proc
+            self.supernodes[index], self.workers[index] = proc, worker
         return proc
 
     def kill_supernode(self, index: int) -> None:
-        """Kill a SuperNode and its children at once (SIGKILL: a crash, not a shutdown)."""
+        """Kill a SuperNode and its children (and its worker) at once (SIGKILL: a crash, not a shutdown)."""
         _kill_tree(self.supernodes[index])
+        if self.workers[index] is not None:
+            _kill_tree(self.workers[index])
 
     def _wait_port(self, port: int, proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + self.startup_timeout

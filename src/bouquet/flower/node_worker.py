@@ -1,0 +1,296 @@
+"""A long-lived node worker: one process that runs a SuperNode's ClientApp tasks, message after message.
+
+Flower 1.42's SuperNode (``--isolation subprocess``, the default) starts ``flower-superexec``, which starts a
+new ``flwr-clientapp`` process for every message: each imports torch and the app and builds its task again
+(seconds per message, docs/flower.md "Performance"). Started with ``--isolation process``, a SuperNode runs no
+ClientApp itself; it waits for an outside process to claim its tasks on its Runtime API. This worker is that
+process, and it stays::
+
+    flower-supernode --insecure --superlink HOST:9092 --isolation process --port 9094 ...
+    bouquet node-worker --runtime-api-address 127.0.0.1:9094 --insecure
+
+It does in one process what ``flower-superexec`` and one ``flwr-clientapp`` per message do
+(``flwr.supercore.superexec.run_superexec``, ``flwr.supernode.runtime.run_clientapp``): poll ``AcquireTask``
+for a ClientApp task and its token; with that token pull the task input (message, context, run, FAB, with
+Flower's own ``pull_task_input``); install the FAB and load its ClientApp once per FAB hash; call it; push the
+reply (an ``Error`` reply when the app raised, as ``run_clientapp`` does) and the final context and status; then
+the next task. Modules stay imported and the app's own caches stay warm (bouquet's ClientApp keeps the built
+job per run: ``bouquet.app.flower_job``). Tasks run one at a time; a task heartbeat runs while one does.
+
+Not done: installing an app's dependencies (its code must be installed, as bouquet's is), and reloading an
+app module that changed on disk (restart the worker after upgrading the app's package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import httpx
+from flwr.app import Context, Message
+from flwr.app.error import Error
+from flwr.cli.install import install_from_fab
+from flwr.clientapp.client_app import ClientApp, LoadClientAppError
+from flwr.clientapp.utils import get_load_client_app_fn
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.common.serde import context_from_proto, fab_from_proto, run_from_proto
+from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
+from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
+    AcquireTaskRequest,
+    PullAppMessagesRequest,
+    PullTaskInputRequest,
+    SendTaskHeartbeatRequest,
+)
+from flwr.supercore.app_utils import start_parent_process_monitor
+from flwr.supercore.auth import load_superexec_auth_secret
+from flwr.supercore.constant import TaskType
+from flwr.supercore.fab import Fab
+from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_protobuf_utils import (
+    make_confirm_message_received_fn_protobuf,
+    make_pull_object_fn_protobuf,
+)
+from flwr.supercore.inflatable.inflatable_utils import pull_and_inflate_object_from_tree
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
+from flwr.supercore.retry import RetryInvoker, exponential
+from flwr.supercore.run import Run
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+log = logging.getLogger("bouquet.node_worker")
+
+#: the Runtime API method SuperExec authentication protects (``run_superexec._SUPEREXEC_AUTH_METHODS``)
+_ACQUIRE = "/flwr.proto.Runtime/AcquireTask"
+#: how long a task's Runtime API calls are retried on transport errors (a SuperNode restarting) before it is given up
+TASK_RETRY_SECONDS = 60.0
+
+
+def _task_retry() -> RetryInvoker:
+    """Retries for a task's calls: transport errors only, for ``TASK_RETRY_SECONDS``. Flower's own HTTP invoker
+    raises SIGINT on a 401 (its task processes exit then); a worker must outlive a refused token."""
+    return RetryInvoker(lambda: exponential(max_delay=5), httpx.TransportError, max_tries=None,
+                        max_time=TASK_RETRY_SECONDS)
+
+
+def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, Fab]:
+    """The task's message, context, run and FAB: ``run_clientapp.pull_task_input`` with a 10 ms first retry
+    instead of 1 s. A task can be claimed before its SuperNode has all of the message's objects from the
+    SuperLink; a fresh process took longer than that to start, a warm worker would wait a second per message."""
+    res = client.PullTaskInput(PullTaskInputRequest())
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = res.task_id, res.run.run_id, res.context.node_id
+    context, run, fab = context_from_proto(res.context), run_from_proto(res.run), fab_from_proto(res.fab)
+    pulled = client.PullMessages(PullAppMessagesRequest())
+    if not pulled.messages_list:
+        raise RuntimeError("No messages received from Runtime API")
+    node, tree = Node(node_id=context.node_id), pulled.message_object_trees[0]
+    message = pull_and_inflate_object_from_tree(
+        tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
+        make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node, context.run_id),
+        return_type=Message, initial_backoff=0.01, backoff_cap=0.5)
+    message.metadata.__dict__["_message_id"] = tree.object_id  # as Flower does: the deflated message lacks its id
+    return message, context, run, fab
+
+
+def _heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
+    """The task heartbeat: False (retried with backoff) when the SuperNode is unreachable. Flower's version raises
+    SIGINT when the SuperNode refuses it, which would end the worker; this one logs and lets the task finish."""
+    req = SendTaskHeartbeatRequest()
+
+    def beat() -> bool:
+        try:
+            res = client.SendTaskHeartbeat(req)
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as err:
+            log.warning("task heartbeat refused (HTTP %s)", err.response.status_code)
+            return True
+        if not res.success:
+            log.warning("task heartbeat not acknowledged: the SuperNode no longer knows this task")
+        return True
+
+    return beat
+
+
+class NodeWorker:
+    """Claims and runs the ClientApp tasks of one SuperNode (``--isolation process``), one at a time, in-process."""
+
+    def __init__(self, runtime_api_address: str, *, insecure: bool = True, root_certificates: bytes | None = None,
+                 auth_secret: bytes | None = None, poll_interval: float = 0.05):
+        self.address, self.insecure, self.certs = runtime_api_address, insecure, root_certificates
+        self.poll_interval = poll_interval
+        #: ClientApp per FAB hash (the FAB installed once)
+        self.apps: dict[str, tuple[ClientApp, Path]] = {}
+        self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+        self.tasks = self.failed = 0
+        extra = [] if auth_secret is None else [SuperExecAuthHttpInterceptor(master_secret=auth_secret,
+                                                                             protected_methods={_ACQUIRE})]
+        self.poller = self._client([RuntimeVersionHttpInterceptor(component_name="SuperExec"), *extra], None)
+
+    def _client(self, interceptors: list, retry: RetryInvoker | None) -> RuntimeHttpClient:
+        return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=self.insecure,
+                                                     root_certificates=None if self.insecure else self.certs,
+                                                     interceptors=interceptors, retry_invoker=retry)
+
+    def acquire(self) -> str | None:
+        """Claim the oldest pending ClientApp task of the SuperNode: its token, or None when there is none."""
+        res = self.poller.AcquireTask(AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)]))
+        return res.token if res.HasField("task") and res.token else None
+
+    def app(self, run: Run, fab: Fab) -> ClientApp:
+        """The run's ClientApp: its FAB installed and loaded on first use, then reused. The app's directory goes
+        first on ``sys.path`` for the task (what a fresh ``flwr-clientapp`` process of this FAB would see)."""
+        if fab.hash_str not in self.apps:
+            where = install_from_fab(fab.content, skip_prompt=True)
+            self.apps[fab.hash_str] = (self.load(run.fab_id, run.fab_version, fab.hash_str), Path(where))
+        app, where = self.apps[fab.hash_str]
+        entry = str(where.absolute())
+        if entry in sys.path:
+            sys.path.remove(entry)
+        sys.path.insert(0, entry)
+        return app
+
+    def run_task(self, token: str) -> bool:
+        """Run one claimed task (``run_clientapp`` without its process exit); True when the ClientApp succeeded."""
+        client = self._client([RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                               RuntimeTokenHttpInterceptor(token)], _task_retry())
+        beat = HeartbeatSender(_heartbeat(client))
+        beat.start()
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        start = time.perf_counter()
+        ran = pulled = start
+        try:
+            message, context, run, fab = pull_task_input(client)
+            pulled = time.perf_counter()
+            reply = self.app(run, fab)(message=message, context=context)
+            ran = time.perf_counter()
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as ex:  # the worker lives on; the server gets an Error reply, as from run_clientapp
+            ran = time.perf_counter()
+            code, details = ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(ex)}:<'{ex}'>"
+            if isinstance(ex, LoadClientAppError):
+                code = ErrorCode.LOAD_CLIENT_APP_EXCEPTION
+                details = "An exception was raised when attempting to load `ClientApp`"
+            log.error("ClientApp raised an exception", exc_info=ex)
+            if message is not None:
+                reply = Message(Error(code=code, reason=details), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+            except Exception as ex:  # e.g. the run was stopped meanwhile (HTTP 403)
+                log.error("failed to push the reply message: %s", ex)
+                status = SubStatus.FAILED
+            push_task_output(client=client, context=context, sub_status=status, details=details)  # logs HTTP errors
+            if beat.is_running:
+                beat.stop()
+            client.close()
+        self.tasks += 1
+        self.failed += status != SubStatus.COMPLETED
+        kind = message.metadata.message_type if message is not None else "?"
+        log.info("task %d (%s): %s; pull %.3f s, app %.3f s, push %.3f s", self.tasks, kind, status,
+                 pulled - start, ran - pulled, time.perf_counter() - ran)
+        return status == SubStatus.COMPLETED
+
+    def serve(self, max_tasks: int | None = None) -> None:
+        """Claim and run tasks until stopped (SIGTERM/SIGINT), or until ``max_tasks`` tasks ran."""
+        down = False
+        while max_tasks is None or self.tasks < max_tasks:
+            try:
+                token = self.acquire()
+            except httpx.HTTPError as err:  # the SuperNode is not up yet, or restarting: keep trying
+                status = err.response.status_code if isinstance(err, httpx.HTTPStatusError) else None
+                if status in (401, 403):  # a wrong or missing SuperExec secret: a setup error
+                    raise SystemExit(f"bouquet node-worker: error: the SuperNode at {self.address} refused the "
+                                     f"task claim (HTTP {status}); check --superexec-auth-secret-file") from err
+                if not down:
+                    log.warning("SuperNode Runtime API %s unreachable (%s); retrying", self.address, err)
+                down = True
+                time.sleep(max(self.poll_interval, 0.5))
+                continue
+            if down:
+                log.info("connected to the SuperNode Runtime API %s", self.address)
+                down = False
+            if token is None:
+                time.sleep(self.poll_interval)
+            else:
+                self.run_task(token)  # then look for the next task at once
+
+    def close(self) -> None:
+        self.poller.close()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bouquet node-worker", description="Run a SuperNode's ClientApp tasks in one "
+                                "long-lived process (the SuperNode started with --isolation process).")
+    p.add_argument("--runtime-api-address", "--clientappio-api-address", dest="address", default="127.0.0.1:9094",
+                   help="the SuperNode's Runtime API, host:port (flower-supernode --port; default 127.0.0.1:9094)")
+    p.add_argument("--insecure", action="store_true", help="connect to the Runtime API without TLS")
+    p.add_argument("--root-certificates", metavar="PEM", help="CA certificate that signed the SuperNode's Runtime "
+                   "API certificate (flower-supernode --ssl-ca-certfile); without --insecure and this: system CAs")
+    p.add_argument("--superexec-auth-secret-file", metavar="FILE", help="the SuperNode's "
+                   "--superexec-auth-secret-file (authenticates task claims)")
+    p.add_argument("--poll-interval", type=float, default=0.05, metavar="S",
+                   help="seconds between task polls when idle (default 0.05)")
+    p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when this process (the SuperNode) exits")
+    p.add_argument("--preload", action="append", default=[], metavar="MODULE", help="import MODULE at start, so "
+                   "the first message does not wait for it (e.g. bouquet.app.flower_apps; repeatable)")
+    p.add_argument("--max-tasks", type=int, metavar="N", help="exit after N tasks (tests)")
+    return p
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bouquet node-worker``: serve the SuperNode's ClientApp tasks until stopped."""
+    args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s bouquet node-worker: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    if args.insecure and args.root_certificates:
+        raise SystemExit("bouquet node-worker: error: --insecure and --root-certificates exclude each other")
+    certs = None
+    if args.root_certificates:
+        path = Path(args.root_certificates).expanduser()
+        if not path.is_file():
+            raise SystemExit(f"bouquet node-worker: error: --root-certificates {path}: no such file")
+        certs = path.read_bytes()
+    try:
+        secret = load_superexec_auth_secret(secret_file=args.superexec_auth_secret_file)
+    except ValueError as err:
+        raise SystemExit(f"bouquet node-worker: error: --superexec-auth-secret-file: {err}") from err
+    if args.poll_interval <= 0:
+        raise SystemExit("bouquet node-worker: error: --poll-interval must be > 0 seconds")
+    signal.signal(signal.SIGTERM, _stop)
+    for module in args.preload:
+        importlib.import_module(module)
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)  # SIGINT when the SuperNode is gone
+    worker = NodeWorker(args.address, insecure=args.insecure, root_certificates=certs, auth_secret=secret,
+                        poll_interval=args.poll_interval)
+    log.info("serving ClientApp tasks of the SuperNode at %s", args.address)
+    try:
+        worker.serve(args.max_tasks)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        worker.close()
+        log.info("stopped after %d tasks (%d failed)", worker.tasks, worker.failed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
