@@ -127,7 +127,7 @@ def write_merge_diagnostics(sim: Simulator, state: RunState, data: FederatedData
     """
     grid = tuple(round(0.1 * i, 1) for i in range(11))
     diag = merge_diagnostics(sim.alg, state.server, state.clients, sim.test, grid,
-                             higher_is_better=sim.metric == "accuracy")
+                             higher_is_better=sim.metric == "accuracy", chunk=sim.spec.eval_chunk)
     diag.update(split=data.meta.get("split", "test"), metric=sim.metric,
                 lambda_closed_form=closed_form_lambdas(sim.alg, state.server, state.clients).tolist())
     atomic_write_json(path, diag)
