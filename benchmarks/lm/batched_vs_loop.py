@@ -39,10 +39,13 @@ CONFIG = {
 }
 
 
-def setup(attention: str):
-    """bouquet's simulator for the workload, its initial state and the round's client ids and batches."""
+def setup(attention: str, train_chunk: int = 0):
+    """bouquet's simulator for the workload, its initial state and the round's client ids and batches.
+
+    ``train_chunk``: clients per stacked forward/backward (``run.train_chunk``; 0 = all 8)."""
     raw = copy.deepcopy(CONFIG)
     raw["model"]["attention"] = attention
+    raw["run"]["train_chunk"] = train_chunk
     exp = parse_experiment(raw)
     data = dataset_for_seed(exp, 0)
     sim, _ = simulator(exp, data, "fedit", 0)
@@ -105,9 +108,9 @@ def timed(fn):
     return out, time.perf_counter() - start
 
 
-def compare(repeats: int, attention: str, loop_attention: str) -> dict:
+def compare(repeats: int, attention: str, loop_attention: str, train_chunk: int = 0) -> dict:
     """Interleaved repeats of both sides; medians, ratio and the largest difference of their results."""
-    sim, state, ids, batches = setup(attention)
+    sim, state, ids, batches = setup(attention, train_chunk)
     init = {k: v.clone() for k, v in state.server["params"].items()}
     loop = PeftLoop(sim, init, loop_attention)
     n = sim.num_examples[ids]
@@ -122,7 +125,8 @@ def compare(repeats: int, attention: str, loop_attention: str) -> dict:
     return {"ours_s": statistics.median(t_ours), "loop_s": statistics.median(t_loop),
             "ratio": statistics.median(t_loop) / statistics.median(t_ours), "max_abs_diff": diff,
             "max_abs_value": scale, "repeats": repeats, "ours_all": t_ours, "loop_all": t_loop,
-            "attention": attention, "loop_attention": loop_attention, "threads": torch.get_num_threads()}
+            "attention": attention, "loop_attention": loop_attention, "threads": torch.get_num_threads(),
+            "train_chunk": train_chunk}
 
 
 def _status_kb(field: str) -> int:
@@ -130,13 +134,13 @@ def _status_kb(field: str) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def peak_rss(side: str, attention: str) -> dict:
+def peak_rss(side: str, attention: str, train_chunk: int = 0) -> dict:
     """Peak RSS (MB) while one side's round runs alone in this process, and its rise over the RSS before.
 
     Linux's high-water mark is reset (``/proc/self/clear_refs`` = 5) after loading, so the GGUF
     dequantization peak, the same for both sides, is not what is measured.
     """
-    sim, state, ids, batches = setup(attention)
+    sim, state, ids, batches = setup(attention, train_chunk)
     if side == "loop":
         init = {k: v.clone() for k, v in state.server["params"].items()}
         loop = PeftLoop(sim, init, attention)
@@ -158,17 +162,19 @@ def main() -> None:
     ap.add_argument("--attention", default="eager", help="bouquet's attention (vmap batches eager natively)")
     ap.add_argument("--loop-attention", default="sdpa", help="the loop's attention (transformers' default)")
     ap.add_argument("--memory", action="store_true", help="also each side's peak RSS, one subprocess each")
+    ap.add_argument("--train-chunk", type=int, default=0, help="bouquet's run.train_chunk (0: all 8 clients stacked)")
     ap.add_argument("--only", choices=["ours", "loop"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.only:
         attention = args.attention if args.only == "ours" else args.loop_attention
-        print(json.dumps(peak_rss(args.only, attention)))
+        print(json.dumps(peak_rss(args.only, attention, args.train_chunk)))
         return
-    result = compare(args.repeats, args.attention, args.loop_attention)
+    result = compare(args.repeats, args.attention, args.loop_attention, args.train_chunk)
     if args.memory:
         for side in ("ours", "loop"):
             out = subprocess.run([sys.executable, __file__, "--only", side, "--attention", args.attention,
-                                  "--loop-attention", args.loop_attention], capture_output=True, text=True, check=True)
+                                  "--loop-attention", args.loop_attention, "--train-chunk", str(args.train_chunk)],
+                                 capture_output=True, text=True, check=True)
             mem = json.loads(out.stdout.strip().splitlines()[-1])
             result[f"{side}_peak_rss_mb"], result[f"{side}_round_rise_mb"] = mem["peak_rss_mb"], mem["rise_mb"]
     print(json.dumps(result, indent=1))

@@ -202,7 +202,7 @@ class LoraOptions:
 
     #: LoRA rank r
     rank: int = 8
-    #: LoRA scaling alpha (the update is alpha / r * B A)
+    #: LoRA scaling alpha: the update is alpha * B A (peft writes it as lora_alpha / r with lora_alpha = alpha * r)
     alpha: float = 1.0
     #: module name patterns that get LoRA (none: the model's default targets)
     targets: list[str] | None = None

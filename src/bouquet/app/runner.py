@@ -10,6 +10,9 @@ Layout of a run directory::
                      checkpoint records its run's segment of it (app/metrics_file.py)
     summary.json     last and best per algorithm (mean/std over seeds), bytes, parameters
     checkpoints/     <algorithm>-seed<seed>-r<round>.ckpt, the last two per run (see engine/checkpoint.py)
+    diagnostics/     <algorithm>-seed<seed>.json for merging methods (Potara): per client lambda, its terms,
+                     and score / NLL along a lambda grid on the evaluation split (named in the file)
+    adapters/        <algorithm>-seed<seed>/client_<k>: each client's peft adapter, for Hugging Face models
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..algorithms import ALGORITHMS
 from ..checks import ConfigError
 from ..data.federated import FederatedDataset
 from ..engine.checkpoint import CheckpointDir, RunInterrupted, StopRequest, rng_state, set_rng_state
+from ..engine.lambda_oracle import closed_form_lambdas, merge_diagnostics
 from ..engine.peft_export import export_every_client, is_hf_template
 from ..engine.rounds import RunState
 from ..engine.simulator import Simulator
@@ -104,6 +108,8 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     wall = wall_before + time.perf_counter() - start
     extra = sim.alg.report(state.server, state.clients, data.clusters) if sim.alg.report else {}
     result = summary(sim.alg, seed, log, state, counts, wall, sim.training_path, extra)
+    if checkpoints is not None and sim.alg.merging is not None:  # Potara's lambda, its terms and curve
+        write_merge_diagnostics(sim, state, data, checkpoints.dir.parent / "diagnostics" / f"{tag}.json")
     if checkpoints is not None and is_hf_template(sim.alg.model):  # every client's peft adapter, kept in the run
         export_every_client(sim.alg, state.server, state.clients, data.clients[0].x_train[:1],
                             checkpoints.dir.parent / "adapters" / tag, data.num_clients)
@@ -111,6 +117,20 @@ def run_one(exp: Experiment, data: FederatedDataset, name: str, seed: int,
     if checkpoints is not None:
         checkpoints.wait()
     return result, log.records
+
+
+def write_merge_diagnostics(sim: Simulator, state: RunState, data: FederatedDataset, path: Path) -> None:
+    """Per client: lambda, its terms and the score / NLL along a lambda grid on the evaluation split.
+
+    The split is named in the file: ``validation`` (rows carved from training rows, ``data.validation``),
+    where the oracle lambda may be used to choose; ``test``, where it is a diagnostic only.
+    """
+    grid = tuple(round(0.1 * i, 1) for i in range(11))
+    diag = merge_diagnostics(sim.alg, state.server, state.clients, sim.test, grid,
+                             higher_is_better=sim.metric == "accuracy", chunk=sim.spec.eval_chunk)
+    diag.update(split=data.meta.get("split", "test"), metric=sim.metric,
+                lambda_closed_form=closed_form_lambdas(sim.alg, state.server, state.clients).tolist())
+    atomic_write_json(path, diag)
 
 
 def checkpoint_tag(name: str, seed: int) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from bouquet.data.federated import ClientData, DataError, FederatedDataset
+from bouquet.data.holdout import validation_as_test
 from bouquet.data.partition import dirichlet_partition, dirichlet_proportions, iid_partition, make_rng
 from bouquet.data.shakespeare import build_shakespeare_lm
 from bouquet.data.sources import ImageSource, load_source
@@ -33,6 +34,8 @@ def build_dataset(spec: DataSpec) -> FederatedDataset:
         ds = build_image_dataset(spec, load_source(spec.name, spec.resolved_path()))
     ds.meta["spec"] = dataclasses.asdict(spec)
     _check_test_rows(spec, ds)
+    if spec.validation > 0:
+        ds = validation_as_test(ds, spec.validation, spec.seed)
     ds.check()
     return ds
 

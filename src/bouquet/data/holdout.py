@@ -26,3 +26,12 @@ def carve_validation(data: FederatedDataset, fraction: float,
         val.append(replace(c, x_test=c.x_train[v], y_test=c.y_train[v], test_ids=c.train_ids[v]))
     train = replace(data, clients=tuple(kept), meta={**data.meta, "validation_fraction": fraction})
     return train, replace(data, clients=tuple(val), meta={**data.meta, "split": "validation"})
+
+
+def validation_as_test(data: FederatedDataset, fraction: float, seed: int = 0) -> FederatedDataset:
+    """The federation for choosing settings: each client trains on its training rows less `fraction` of them
+    and is evaluated on those carved rows; its test rows are dropped, so nothing can be chosen on them."""
+    train, val = carve_validation(data, fraction, seed)
+    clients = tuple(replace(t, x_test=v.x_test, y_test=v.y_test, test_ids=v.test_ids)
+                    for t, v in zip(train.clients, val.clients, strict=True))
+    return replace(train, clients=clients, meta={**train.meta, "split": "validation"})

@@ -62,6 +62,9 @@ class DataSpec:
     max_tokens: int = 32
     #: shakespeare_lm: a character becomes a client when it has at least this many speeches
     min_lines: int = 40
+    #: choose settings without test rows: > 0 evaluates every client on this fraction of its training rows
+    #: (carved out, never trained on) instead of its test rows; 0 = the test rows
+    validation: float = 0.0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -113,6 +116,8 @@ def _validate(s: DataSpec) -> None:
         raise _fail("alpha", "a number > 0", s.alpha)
     if not _is_num(s.fraction) or not 0 < s.fraction <= 1:
         raise _fail("fraction", "a number in (0, 1]", s.fraction)
+    if not _is_num(s.validation) or not 0 <= s.validation < 1:
+        raise _fail("validation", "a number in [0, 1) (0: evaluate on the test rows)", s.validation)
     if not _is_num(s.test_fraction) or not 0 <= s.test_fraction < 1:
         raise _fail("test_fraction", "a number in [0, 1)", s.test_fraction)
     if s.train_per_client is not None and (not _is_int(s.train_per_client) or s.train_per_client < 1):

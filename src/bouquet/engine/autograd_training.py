@@ -104,6 +104,31 @@ def train_vectorized(loss_fn: LossFn, update: LocalUpdate, trainable: Params,
     return dict(zip(names, params, strict=True)), total / real_steps
 
 
+def in_client_chunks(trainer: Callable, size: int) -> Callable:
+    """``trainer`` run on at most ``size`` clients at a time (0: all at once), its outputs concatenated.
+
+    Clients train independently, so chunking changes only how many share one stacked forward/backward.
+    """
+    if size <= 0:
+        return trainer
+
+    def chunked(trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
+                batches: Batch) -> tuple[Params, Tensor]:
+        num_clients = batches["w"].shape[0]
+        if num_clients <= size:
+            return trainer(trainable, shared, private, batches)
+        parts = []
+        for start in range(0, num_clients, size):
+            part = slice(start, start + size)
+            parts.append(trainer({k: v[part] for k, v in trainable.items()}, shared,
+                                 {k: v[part] for k, v in private.items()},
+                                 {k: v[part] for k, v in batches.items()}))
+        return ({k: torch.cat([p[0][k] for p in parts]) for k in trainable},
+                torch.cat([p[1] for p in parts]))
+
+    return chunked
+
+
 def _grads(vloss, names, params, shared, private, batch) -> tuple[Tensor, list[Tensor]]:
     """Every client's loss and gradient at one step (the gradient of the sum is each client's own)."""
     leaves = [p.requires_grad_(True) for p in params]

@@ -51,16 +51,17 @@ def merge_terms(alg: Algorithm, server: ServerState, client_states: dict) -> dic
 
 
 def merge_diagnostics(alg: Algorithm, server: ServerState, client_states: dict, val: SplitArrays,
-                      grid: tuple[float, ...] = GRID) -> dict:
-    """Per client: the lambda terms (a, b, c, d^2, bias, eta/2B, lambda), the validation accuracy and NLL
-    along ``grid`` (the linear-mode-connectivity curve), and the accuracy- and NLL-oracle lambdas.
+                      grid: tuple[float, ...] = GRID, *, higher_is_better: bool = True, chunk: int = 64) -> dict:
+    """Per client: the lambda terms (a, b, c, d^2, bias, eta/2B, lambda), the score and NLL along ``grid``
+    on ``val`` (the linear-mode-connectivity curve), and the score- and NLL-oracle lambdas.
 
-    ``val`` must be validation rows carved from training rows, never test rows.
+    For choosing anything ``val`` must be validation rows carved from training rows, never test rows.
+    ``higher_is_better``: the score is an accuracy (True) or an error / perplexity (False).
     """
-    acc, nll = lambda_grid(alg, server, client_states, val, grid)
+    score, nll = lambda_grid(alg, server, client_states, val, grid, chunk=chunk)
     out = {k: v.tolist() for k, v in merge_terms(alg, server, client_states).items()}
-    out.update({"grid": list(grid), "val_accuracy": acc.tolist(), "val_nll": nll.tolist(),
-                "lambda_acc_oracle": oracle_lambdas(acc, grid).tolist(),
+    out.update({"grid": list(grid), "val_accuracy": score.tolist(), "val_nll": nll.tolist(),
+                "lambda_acc_oracle": oracle_lambdas(score, grid, higher_is_better).tolist(),
                 "lambda_nll_oracle": oracle_lambdas(nll, grid, higher_is_better=False).tolist()})
     return out
 

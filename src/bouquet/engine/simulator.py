@@ -19,7 +19,7 @@ from torch.func import vmap
 
 from ..algorithms import Algorithm
 from ..data.federated import FederatedDataset
-from .autograd_training import train_sequential, train_vectorized
+from .autograd_training import in_client_chunks, train_sequential, train_vectorized
 from .batching import TRAIN, SplitArrays, round_batches
 from .conv_kernels import ConvOptions, conv_trainer
 from .evaluation import ClientScores, personalized_params, score_params, summarize
@@ -49,7 +49,8 @@ class Simulator:
         self.test = SplitArrays.from_dataset(data, "test").to(self.device)
         self.clusters = data.clusters
         self.num_examples = data.train_sizes()
-        self.trainer: Callable = partial(train_vectorized, alg.loss, alg.local_update)
+        self.trainer: Callable = in_client_chunks(partial(train_vectorized, alg.loss, alg.local_update),
+                                                  spec.train_chunk)
         kernels = kernel_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec, fallback=self.trainer) \
             if self.vectorized and spec.hand_batched else None
         if kernels is None and spec.hand_batched and spec.vectorized is not False:

@@ -38,6 +38,9 @@ class RunSpec:
     hand_batched: bool = True
     #: clients evaluated (and fine-tuned) together
     eval_chunk: int = 64
+    #: vmapped training: at most this many clients in one stacked forward/backward (0: all clients of the
+    #: round), bounding activation memory (a large model's stacked logits) at the same results
+    train_chunk: int = 0
     #: reshuffle each client's training rows every local epoch
     shuffle: bool = True
     #: torch device: 'cpu', 'cuda[:N]' or 'auto' (cuda when a CUDA device is available, cpu otherwise)
@@ -46,6 +49,8 @@ class RunSpec:
     def check(self, s: str) -> None:
         for k in ("rounds", "clients_per_round", "batch_size", "local_epochs", "eval_every", "eval_chunk"):
             require(getattr(self, k) >= 1, f"{s}.{k}", "an integer >= 1", getattr(self, k))
+        require(self.train_chunk >= 0, f"{s}.train_chunk", "an integer >= 0 (0: all clients at once)",
+                self.train_chunk)
         require(self.local_steps is None or self.local_steps >= 1, f"{s}.local_steps", "none or >= 1",
                 self.local_steps)
         require(self.vectorized in (True, False, "auto"), f"{s}.vectorized", "true, false or 'auto'",
