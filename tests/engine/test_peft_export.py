@@ -121,3 +121,56 @@ def test_smollm2_export_matches_peft(tmp_path):
         alg.model.float()
     assert moved > 1e-4
     assert diff < 1e-5
+
+
+def cached_text_data(num_clients: int = 2, rows: int = 10, length: int = 12) -> tuple[FederatedDataset, list]:
+    """Short texts as the cached hidden states after 5 MiniLM layers (text_tasks' inputs), and the test rows' ids."""
+    from bouquet.data.federated import ClientData
+    from bouquet.models.hf import checkpoint_for, load_tokenizer
+    from bouquet.models.text import encode_lower
+
+    words = ["match", "bank", "shares", "play", "king", "queen", "computer", "science", "politics", "draw", "rose"]
+    gen = torch.Generator().manual_seed(0)
+    tok = load_tokenizer(checkpoint_for(None, "sequence_classification"))
+    clients, ids = [], []
+    for k in range(num_clients):
+        texts = [" ".join(words[i] for i in torch.randint(0, len(words), (3 + j % 5,), generator=gen).tolist())
+                 for j in range(rows)]
+        enc = tok(texts, truncation=True, max_length=length, padding="max_length", return_tensors="pt")
+        ids.append(enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -1)[6:])
+        x, y = encode_lower(texts, length, 5), torch.randint(0, 5, (rows,), generator=gen)
+        row = torch.arange(rows) + k * rows
+        clients.append(ClientData(x_train=x[:6], y_train=y[:6], x_test=x[6:], y_test=y[6:], cluster=k % 2,
+                                  train_ids=row[:6], test_ids=row[6:]))
+    data = FederatedDataset(name="cached", clients=tuple(clients), input_shape=(length, 385), num_outputs=5,
+                            objective="classification", num_clusters=2)
+    return data, ids
+
+
+@pytest.mark.parametrize("name", ["fedit", "potara"])
+def test_trained_head_on_cached_minilm_exports_to_the_full_model(name, tmp_path):
+    """train_head on the cached path: peft (modules_to_save = the trained head) on token ids gives bouquet's logits."""
+    from bouquet.models.hf import checkpoint_for
+
+    data, ids = cached_text_data()
+    ALGOS[name] = {**ALGOS[name], "train_head": True}
+    try:
+        alg, state = trained({"name": "hf", "head": "sequence_classification", "cached_layers": 5}, data, name,
+                             lr=0.5)
+    finally:
+        ALGOS[name] = {k: v for k, v in ALGOS[name].items() if k != "train_head"}
+    client = 1
+    x = data.clients[client].x_test
+    params = client_params(alg, state.server, state.clients, client)
+    head = params["model.hf.classifier.weight"]
+    assert float((head - alg.model.model.hf.classifier.weight).abs().max()) > 1e-4  # the head was trained
+    assert not any(k.startswith("model.hf.classifier.lora") for k in params)
+    with torch.no_grad(), alg.mode(False):
+        ours = alg.apply(params, x)
+    out = export_client(alg, state.server, state.clients, client, x[:1], tmp_path / "adapter")
+    ckpt = checkpoint_for(None, "sequence_classification")
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt.directory, num_labels=5)
+    model = peft.PeftModel.from_pretrained(base, str(out)).eval()
+    with torch.no_grad():
+        theirs = model(input_ids=ids[client].clamp_min(0), attention_mask=(ids[client] >= 0).long()).logits
+    assert float((ours - theirs).abs().max()) < 1e-5

@@ -212,7 +212,8 @@ def build_floral(model: nn.Module, ctx: BuildContext, options: FloralOptions, na
     mixture = wrap(model, options.components(ctx), as_rank(options.rank), adaptor_bias=options.adaptor_bias,
                    init_bias="uniform" if options.paper_bias_init else "zeros",
                    target_modules=targets, conv_variant=options.conv_variant,
-                   paper_conv_rank_bug=options.paper_conv_rank_bug)
+                   paper_conv_rank_bug=options.paper_conv_rank_bug,
+                   exclude=getattr(model, "lora_exclude", ()))  # layers the model never runs (cached)
     lora_lr = options.lora_lr if options.lora_lr is not None else ctx.train.lr
     lr_of = damped_server_lr(ctx.server.lr, lora_lr) if options.paper_server_damping else None
     return floral(mixture, ctx.objective, lr=ctx.train.lr, lora_lr=lora_lr, router=options.router,

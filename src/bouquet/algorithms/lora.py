@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from ..adapters import freeze_base, inject, param_role
+from ..adapters import freeze_base, inject, name_matches, param_role
 from ..checks import require
 from .contract import (
     Algorithm,
@@ -35,6 +35,7 @@ from .registry import BuildContext, register
 from .server_opt import ServerOptimizer, server_sgd
 
 LOCAL, PERSONAL, GLOBAL = "local.", "personal.", "global."
+MODEL = "model."  # the wrapped model's prefix inside a MixtureModel
 APFL_ALPHA = "apfl.alpha"
 APFL_W, APFL_V = "w.", "v."
 
@@ -51,20 +52,50 @@ def apfl_forward(template: nn.Module):
     return forward
 
 
+def head_module(model: nn.Module) -> str:
+    """The classification head's module path: ``model.head_module`` when set, else the last module with parameters."""
+    named = getattr(model, "head_module", None)
+    if named:
+        return named
+    owners = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if not owners or not owners[-1]:
+        raise ValueError("train_head: the model has no head module (no submodule holds parameters)")
+    return owners[-1]
+
+
 def lora_model(model: nn.Module, rank: int, targets: Iterable[str] | None = None,
-               alpha: float = 1.0) -> tuple[nn.Module, Params]:
+               alpha: float = 1.0, train_head: bool = False) -> tuple[nn.Module, Params]:
     """Plain LoRA (one adaptor, pi = 1) on ``model``'s targeted layers; returns (template, initial adaptors).
 
-    ``targets`` None uses ``model.lora_targets`` when the model defines it, else every Linear/Conv2d.
-    The template's base is frozen; the initial adaptors (A random, B = 0) are detached copies.
+    ``targets`` None uses ``model.lora_targets`` when the model defines it, else every Linear/Conv2d;
+    layers the model never runs (``model.lora_exclude``, e.g. cached lower layers) never get a LoRA.
+    ``train_head``: the head (``head_module``) gets no LoRA and its own weights join the initial
+    tensors, so every method trains (and sends, or keeps) it like its adaptors.
+    The template's base is frozen; the initial tensors (A random, B = 0, the head as loaded) are detached copies.
     """
+    exclude = list(getattr(model, "lora_exclude", ()))
+    head = head_module(model) if train_head else None
+    if head is not None:
+        if targets is not None and any(name_matches(head, t) for t in targets):
+            raise ValueError(f"targets: {list(targets)} match the head {head!r}, which train_head = true trains "
+                             "whole; drop it from targets or set train_head = false")
+        exclude.append(head)
     if targets is None:
         targets = getattr(model, "lora_targets", None)
-    wrapped = freeze_base(inject(model, num_adaptors=1, rank=rank, target_modules=targets, alpha=alpha))
+    wrapped = freeze_base(inject(model, num_adaptors=1, rank=rank, target_modules=targets, alpha=alpha,
+                                 exclude=exclude))
     for p in wrapped.parameters():  # the template is only read through functional_call
         p.requires_grad_(False)
     init = {k: v.detach().clone() for k, v in wrapped.named_parameters() if param_role(k) == "adaptor"}
+    if head is not None:
+        prefix = f"{MODEL}{head}."
+        init.update({k: v.detach().clone() for k, v in wrapped.named_parameters() if k.startswith(prefix)})
     return wrapped, init
+
+
+def head_keys(init: Params) -> list[str]:
+    """The trained head's tensors among a LoRA template's initial tensors (empty without train_head)."""
+    return [k for k in init if param_role(k) == "base"]
 
 
 def lora_algorithm(name: str, template: nn.Module, objective: Objective, lr: float, weight_decay: float, *,
@@ -206,14 +237,18 @@ class LoraOptions:
     alpha: float = 1.0
     #: module name patterns that get LoRA (none: the model's default targets)
     targets: list[str] | None = None
+    #: train the classification head whole (no LoRA on it), federated or private as the method treats
+    #: lora_B (docs/potara.md); false: the head is frozen as loaded, with a LoRA when targeted
+    train_head: bool = False
 
     def check(self, s: str) -> None:
         require(self.rank >= 1, f"{s}.rank", "an integer >= 1", self.rank)
         require(self.alpha > 0, f"{s}.alpha", "a number > 0", self.alpha)
+        require(isinstance(self.train_head, bool), f"{s}.train_head", "true or false", self.train_head)
 
     def template(self, model: nn.Module) -> tuple[nn.Module, Params]:
         """(LoRA template over the frozen base, initial adaptors)."""
-        return lora_model(model, self.rank, self.targets, self.alpha)
+        return lora_model(model, self.rank, self.targets, self.alpha, self.train_head)
 
 
 @dataclass(frozen=True)
@@ -278,7 +313,7 @@ def build_fedit_ft(model: nn.Module, ctx: BuildContext, options: LoraFinetuneOpt
 @register("ffa_lora", LoraOptions, "FFA-LoRA: A frozen at its random init, only B trained and sent")
 def build_ffa_lora(model: nn.Module, ctx: BuildContext, options: LoraOptions) -> Algorithm:
     t, init = options.template(model)
-    return partitioned_lora(t, init, ctx.objective, name="ffa_lora", shared=_keys(init, ".lora_B"),
+    return partitioned_lora(t, init, ctx.objective, name="ffa_lora", shared=_keys(init, ".lora_B") + head_keys(init),
                             frozen=_keys(init, ".lora_A"), **common(ctx))
 
 
@@ -286,7 +321,7 @@ def build_ffa_lora(model: nn.Module, ctx: BuildContext, options: LoraOptions) ->
 def build_fedsa_lora(model: nn.Module, ctx: BuildContext, options: LoraOptions) -> Algorithm:
     t, init = options.template(model)
     return partitioned_lora(t, init, ctx.objective, name="fedsa_lora", shared=_keys(init, ".lora_A"),
-                            local=_keys(init, ".lora_B"), **common(ctx))
+                            local=_keys(init, ".lora_B") + head_keys(init), **common(ctx))
 
 
 @register("local_lora", LoraOptions, "Local LoRA: each client trains its own LoRA, no communication")

@@ -25,9 +25,9 @@ from torch import Tensor, nn
 from ..checks import require
 from ..merging.closed_form import (
     bias_from_distance,
-    lora_layers,
     merge_delta_w,
     mixing_weight,
+    param_layers,
     squared_distance,
 )
 from ..merging.data_weight import delta_distance, delta_spread, fold_mask, fold_trace
@@ -76,8 +76,14 @@ def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float
            total_examples: int, estimator: str = "data", granularity: str = "client",
            bias_term: bool = True, local_init: str = "W0", damping: float = 1e-4, fisher_steps: int = 2,
            weighted: bool = True, window: int = 5, folds: int = 4, merge_space: str = "delta",
-           weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> Algorithm:
-    """Potara over a LoRA template (see ``lora_fed.lora_model``) with the reconstruction's switches."""
+           alpha: float = 1.0, weight_decay: float = 0.0, server_opt: ServerOptimizer | None = None) -> Algorithm:
+    """Potara over a LoRA template (see ``lora.lora_model``) with the reconstruction's switches.
+
+    ``init`` may hold a head trained whole (``train_head``) beside the adaptors: it is part of the federated,
+    local and fold models alike, merged linearly (exact: lam head_F + (1 - lam) head_L) and, with
+    ``estimator = "data"``, one more layer of the delta-W terms (``alpha``: the LoRA scale, so that both
+    are in the same units).
+    """
     if estimator not in ESTIMATORS or merge_space not in MERGE_SPACES:
         raise ValueError(f"estimator/merge_space: expected one of {ESTIMATORS}/{MERGE_SPACES}, "
                          f"got {estimator!r}/{merge_space!r}")
@@ -86,7 +92,7 @@ def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float
         raise ValueError(f"granularity/local_init: expected {GRANULARITIES}/{LOCAL_INITS}, "
                          f"got {granularity!r}/{local_init!r}")
     server_opt = server_opt or server_sgd(1.0)
-    layers = lora_layers(init) if granularity == "layer" else None
+    layers = param_layers(init) if granularity == "layer" else None
     width = () if layers is None else (len(layers),)
 
     def init_fn(gen, clusters):
@@ -154,8 +160,8 @@ def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float
         state[TRACE_C] = torch.zeros_like(client_state[TRACE_C])
         if estimator == "data":
             state[TRACE_F] = torch.zeros_like(client_state[TRACE_F])  # the server's spread is used
-            state[TRACE_L] = fold_trace(fold_models, layers)
-            state[DIST2] = delta_distance(received, local, layers)
+            state[TRACE_L] = fold_trace(fold_models, layers, scale=alpha)
+            state[DIST2] = delta_distance(received, local, layers, scale=alpha)
             return upload, state
         tr_f, tr_l, metric, cross = _traces(received, local, first, second, num_examples, batches)
         state[TRACE_F], state[TRACE_L] = tr_f, tr_l
@@ -194,8 +200,9 @@ def potara(template: nn.Module, init: Params, objective: Objective, *, lr: float
             return server
         avg = {k: weighted_mean(v, num_examples) for k, v in uploads.items()}
         params, opt = server_opt.update(server["params"], avg, server["opt"])
-        spread = delta_spread if estimator == "data" else client_spread
-        return {**server, "params": params, "opt": opt, TRACE_F: spread(uploads, num_examples, layers)}
+        spread = (delta_spread(uploads, num_examples, layers, scale=alpha) if estimator == "data"
+                  else client_spread(uploads, num_examples, layers))
+        return {**server, "params": params, "opt": opt, TRACE_F: spread}
 
     def terms(server, client_state) -> dict[str, Tensor]:
         """a = tr S_F, b = tr S_L, c (paper), d^2, bias and lambda of one client, as ``weight`` uses them."""
@@ -282,4 +289,5 @@ def build_potara(model: nn.Module, ctx: BuildContext, options: PotaraOptions) ->
                   total_examples=ctx.total_examples, estimator=options.estimator,
                   granularity=options.granularity, bias_term=options.bias_term, local_init=options.local_init,
                   damping=options.damping, weighted=options.weighted, fisher_steps=options.fisher_steps,
-                  window=options.window, folds=options.folds, merge_space=options.merge_space, **common(ctx))
+                  window=options.window, folds=options.folds, merge_space=options.merge_space,
+                  alpha=options.alpha, **common(ctx))

@@ -46,6 +46,8 @@ MODEL_OPTION_DOCS = {
     "hf.head": "'causal_lm' (next-token logits; the dataset's tokenizer must be the model's) or "
                "'sequence_classification' (a fresh head of data.num_outputs labels)",
     "hf.attention": "transformers' attention: 'eager' (batches a round's clients under vmap) or 'sdpa'",
+    "hf.cached_layers": "BERT classifiers: run only the layers above this many, on the dataset's cached hidden "
+                        "states (text_tasks without data.tokenizer: 5); an exact shortcut of the full model",
 }
 
 

@@ -16,6 +16,7 @@ from ..checks import ConfigError
 from ..data import DataSpec, build_dataset
 from ..data.federated import DatasetInfo, FederatedDataset
 from ..models import build_model
+from ..models.text import NUM_LAYERS as MINILM_LAYERS
 from .config import Experiment
 from .init_adapter import read_peft_adapter, with_initial_adaptors
 from .pretrain import load_pretrained
@@ -43,6 +44,7 @@ def seeded_model(exp: Experiment, data: FederatedDataset | DatasetInfo, seed: in
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    check_cached_features(exp, data)
     # Factories raise ValueError for option values that cannot work with this data (an image model on
     # vectors): user errors, reported like config errors.
     try:
@@ -53,6 +55,25 @@ def seeded_model(exp: Experiment, data: FederatedDataset | DatasetInfo, seed: in
         raise ConfigError(_mismatch(exp, data, err)) from None
     check_forward(exp, data, model)
     return load_pretrained(model, exp, data) if exp.pretrain is not None else model
+
+
+def check_cached_features(exp: Experiment, data: FederatedDataset | DatasetInfo) -> None:
+    """A model on cached hidden states must start where the dataset's frozen layers stopped (ConfigError)."""
+    frozen = (getattr(data, "meta", None) or {}).get("frozen_layers")
+    if not frozen:
+        return
+    opts, what = exp.model.options, f"{data.name} holds the bundled MiniLM's hidden states after {frozen} layers"
+    if exp.model.name == "hf":
+        got = opts.get("cached_layers", 0)
+        if got != frozen:
+            raise ConfigError(f"model.cached_layers: {what}; expected cached_layers = {frozen}, got {got} "
+                              "(or set data.tokenizer for token ids)")
+        if opts.get("path"):
+            raise ConfigError(f"model.path: {what}; expected no path (the bundled MiniLM), got {opts['path']!r} "
+                              "(set data.tokenizer to the checkpoint for token ids)")
+    elif exp.model.name == "minilm" and opts.get("top_layers", 1) != MINILM_LAYERS - frozen:
+        raise ConfigError(f"model.top_layers: {what}; expected top_layers = {MINILM_LAYERS - frozen}, "
+                          f"got {opts.get('top_layers', 1)}")
 
 
 def check_forward(exp: Experiment, data: FederatedDataset | DatasetInfo, model: nn.Module) -> None:

@@ -4,7 +4,8 @@ The mixture weights a layer applies are read while the algorithm's own evaluatio
 on each adaptor layer), so what is exported is what bouquet scores, whatever the method computes pi
 from (FLoRAL's router, a Potara merge's single adaptor, plain LoRA's pi = 1). Whole modules that peft
 must replace (a sequence classifier's head, which transformers would otherwise initialise at random)
-go in ``modules_to_save``, with their LoRA folded in.
+go in ``modules_to_save``, with their LoRA folded in, or as trained when a method trains the head whole
+(``train_head``).
 """
 
 from __future__ import annotations
@@ -86,13 +87,14 @@ def peft_export(alg: Algorithm, params: Params, probe: Tensor) -> PeftExport:
     prefix, hf = hf_root(alg.model)
     pis = mixture_weights_seen(alg, params, probe)
     own = dict(alg.model.named_parameters())
+    head = "classifier" if hasattr(hf, "classifier") else "score" if hasattr(hf, "score") else None
+    head = head if getattr(hf.config, "num_labels", None) and head and not hasattr(hf, "lm_head") else None
+    trained_head = f"{prefix}{head}." if head is not None else None  # a head trained whole (train_head)
     trained_base = sorted(k for k, v in params.items() if param_role(k) == "base" and k in own
-                          and not torch.equal(v, own[k]))
+                          and not torch.equal(v, own[k]) and not (trained_head and k.startswith(trained_head)))
     if trained_base:
         raise ExportError(f"export: {alg.name} trained base weights ({trained_base[0]}, ...); a peft adapter "
                           "carries adaptors only (train the base frozen, e.g. floral train_base = false)")
-    head = "classifier" if hasattr(hf, "classifier") else "score" if hasattr(hf, "score") else None
-    head = head if getattr(hf.config, "num_labels", None) and head and not hasattr(hf, "lm_head") else None
     layers, saved = {}, {}
     for name, module in alg.model.named_modules():
         if not isinstance(module, MixtureLinear):
@@ -108,8 +110,9 @@ def peft_export(alg: Algorithm, params: Params, probe: Tensor) -> PeftExport:
             saved[path] = {"weight": w, "bias": b}
         else:
             layers[path] = factors
-    if head is not None and head not in saved:
-        saved[head] = {k: v.detach() for k, v in hf.get_submodule(head).state_dict().items()}
+    if head is not None and head not in saved:  # the head as loaded, or as trained whole
+        saved[head] = {k: params.get(f"{prefix}{head}.{k}", v).detach()
+                       for k, v in hf.get_submodule(head).state_dict().items()}
     ckpt = getattr(getattr(alg.model, "model", None), "checkpoint", None)
     base = ckpt.display if ckpt is not None else str(getattr(hf.config, "_name_or_path", ""))
     task = "SEQ_CLS" if head is not None else "CAUSAL_LM"

@@ -52,6 +52,11 @@ def lora_layers(params: Mapping[str, Tensor]) -> list[str]:
     return sorted({layer_of(k) for k in params if k.endswith(".lora_A")})
 
 
+def param_layers(params: Mapping[str, Tensor]) -> list[str]:
+    """Sorted layer paths of every entry: the LoRA layers and modules trained whole (a head's weight and bias)."""
+    return sorted({layer_of(k) for k in params})
+
+
 def layer_lambda(lam: Tensor, layers: list[str], layer: str) -> Tensor:
     """The weight of one layer: ``lam`` is a scalar (one per client) or a vector with one entry per layer."""
     return lam if lam.dim() == 0 else lam[layers.index(layer)]
@@ -61,10 +66,11 @@ def merge_delta_w(fed: Mapping[str, Tensor], loc: Mapping[str, Tensor], lam: Ten
     """lam * dW_F + (1 - lam) * dW_L, exactly, by rank stacking: A = [A_F; A_L], B = [lam B_F, (1-lam) B_L].
 
     Works on C = 1 adaptor tensors ``lora_A`` [1, r, ...] and ``lora_B`` [1, out, r, ...] (rank on
-    dim 1 of A and dim 2 of B); never averages A and B separately. Other entries (adaptor biases)
-    are interpolated linearly, which is exact because the output is linear in them.
+    dim 1 of A and dim 2 of B); never averages A and B separately. Other entries (adaptor biases, the
+    weights of a head trained whole) are interpolated linearly, which is exact because the layer's output is
+    linear in them: the merged head computes lam * head_F(h) + (1 - lam) * head_L(h).
     """
-    layers = lora_layers(fed)
+    layers = param_layers(fed)
     out: Params = {}
     for name, f in fed.items():
         g = loc[name]

@@ -18,25 +18,34 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .closed_form import lora_layers
+from .closed_form import layer_of, lora_layers
 
 Params = dict[str, Tensor]
 
 
-def delta_w(params: Mapping[str, Tensor], lead: int = 0) -> dict[str, Tensor]:
-    """The flat update of every adaptor layer: vec(B A) (Linear or Conv2d), plus its adaptor bias if any.
+def delta_w(params: Mapping[str, Tensor], lead: int = 0, scale: float = 1.0) -> dict[str, Tensor]:
+    """The flat update of every adaptor layer: vec(scale B A) (Linear or Conv2d), plus its adaptor bias if any.
 
-    ``lead`` leading dims (clients) are kept; the adaptor dim C must be 1 (plain LoRA).
+    ``lead`` leading dims (clients) are kept; the adaptor dim C must be 1 (plain LoRA). ``scale`` is the
+    LoRA's alpha (the layer adds alpha B A x). A module trained whole (a head's weight and bias) enters
+    with its weights as they are: only differences of delta_w are ever used, so its initial value cancels
+    and what remains is its update, in the same units as alpha B A.
     """
     out: dict[str, Tensor] = {}
-    for layer in lora_layers(params):
+    lora = lora_layers(params)
+    for layer in lora:
         a, b = params[layer + ".lora_A"].select(lead, 0), params[layer + ".lora_B"].select(lead, 0)  # C = 1
-        dw = _product(a, b, lead)
+        dw = _product(a, b, lead) * scale
         parts = [dw.flatten(lead)]
         bias = params.get(layer + ".lora_bias")
         if bias is not None:
-            parts.append(bias.flatten(lead))
+            parts.append(bias.flatten(lead) * scale)
         out[layer] = torch.cat(parts, dim=-1)
+    whole: dict[str, list[Tensor]] = {}
+    for k in sorted(params):
+        if layer_of(k) not in lora:
+            whole.setdefault(layer_of(k), []).append(params[k].flatten(lead))
+    out.update({layer: torch.cat(parts, dim=-1) for layer, parts in whole.items()})
     return out
 
 
@@ -60,18 +69,19 @@ def _reduce(values: Mapping[str, Tensor], layers: Sequence[str] | None) -> Tenso
 
 
 def delta_distance(fed: Mapping[str, Tensor], loc: Mapping[str, Tensor],
-                   layers: Sequence[str] | None = None) -> Tensor:
+                   layers: Sequence[str] | None = None, scale: float = 1.0) -> Tensor:
     """d^2 = ||dW_F - dW_L||^2, summed, or per layer."""
-    df, dl = delta_w(fed), delta_w(loc)
+    df, dl = delta_w(fed, scale=scale), delta_w(loc, scale=scale)
     return _reduce({k: ((df[k] - dl[k]) ** 2).sum() for k in df}, layers)
 
 
-def fold_trace(folds: Sequence[Mapping[str, Tensor]], layers: Sequence[str] | None = None) -> Tensor:
+def fold_trace(folds: Sequence[Mapping[str, Tensor]], layers: Sequence[str] | None = None,
+               scale: float = 1.0) -> Tensor:
     """tr Sigma_L of the full-data fit from K disjoint-fold fits: sum_k ||dW_k - mean||^2 / (K (K - 1))."""
     k = len(folds)
     if k < 2:
         raise ValueError(f"folds: expected at least 2 fold models, got {k}")
-    dws = [delta_w(f) for f in folds]
+    dws = [delta_w(f, scale=scale) for f in folds]
     terms = {}
     for layer in dws[0]:
         stack = torch.stack([d[layer] for d in dws])
@@ -79,7 +89,8 @@ def fold_trace(folds: Sequence[Mapping[str, Tensor]], layers: Sequence[str] | No
     return _reduce(terms, layers)
 
 
-def delta_spread(uploads: Mapping[str, Tensor], weights: Tensor, layers: Sequence[str] | None = None) -> Tensor:
+def delta_spread(uploads: Mapping[str, Tensor], weights: Tensor, layers: Sequence[str] | None = None,
+                 scale: float = 1.0) -> Tensor:
     """Across-client variance of the uploads' delta-W [K, ...] over the effective number of clients.
 
     K_eff = (sum w)^2 / sum w^2; the result estimates the variance of the weighted mean (the federated model).
@@ -88,7 +99,7 @@ def delta_spread(uploads: Mapping[str, Tensor], weights: Tensor, layers: Sequenc
     w = w / w.sum()
     k_eff = 1.0 / (w * w).sum()
     terms = {}
-    for layer, d in delta_w(uploads, lead=1).items():
+    for layer, d in delta_w(uploads, lead=1, scale=scale).items():
         ww = w.to(d.dtype)[:, None]
         mean = (ww * d).sum(0)
         terms[layer] = (ww * (d - mean) ** 2).sum() / k_eff.to(d.dtype)

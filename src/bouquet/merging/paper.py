@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from .closed_form import layer_lambda, layer_of, lora_layers
+from .closed_form import layer_lambda, layer_of, param_layers
 
 Params = dict[str, Tensor]
 
@@ -44,6 +44,6 @@ def gradient_correlation(g_fed: Mapping[str, Tensor], g_loc: Mapping[str, Tensor
 
 def merge_factors(fed: Mapping[str, Tensor], loc: Mapping[str, Tensor], lam: Tensor) -> Params:
     """The paper's factor-space merge: A = lam A_F + (1 - lam) A_L, B likewise (the product has cross terms)."""
-    layers = lora_layers(fed)
+    layers = param_layers(fed)
     return {k: (lambda w: w * f + (1 - w) * loc[k])(layer_lambda(lam, layers, layer_of(k)).to(f.dtype))
             for k, f in fed.items()}

@@ -165,44 +165,102 @@ class HFCausalLM(FrozenHF):
 
 
 class HFClassifier(FrozenHF):
-    """A sequence classifier: ids [..., T] (-1 = padding) -> logits [..., num_labels]."""
+    """A sequence classifier: ids [..., T] (-1 = padding) -> logits [..., num_labels].
 
-    def __init__(self, hf: nn.Module, checkpoint: Checkpoint):
+    With ``cached_layers = N`` (BERT encoders) the inputs are instead the hidden states after the first N
+    encoder layers plus the attention mask as one more channel, [..., T, hidden + 1]
+    (``bouquet.data.text``): the model runs only layers N.. of the encoder, the pooler and the head,
+    transformers' own modules, which is the full model's computation exactly
+    (tests/models/test_hf_cached.py); LoRA never goes into the layers that do not run (``lora_exclude``).
+    """
+
+    def __init__(self, hf: nn.Module, checkpoint: Checkpoint, cached_layers: int = 0):
         super().__init__(hf, checkpoint)
         targets = DEFAULT_TARGETS.get(hf.config.model_type)
         head = "classifier" if hasattr(hf, "classifier") else "score"
         self.lora_targets = (*targets, head) if targets else None
+        self.head_module = f"hf.{head}"  # what [algo.<m>] train_head = true trains whole
+        self.cached_layers = cached_layers
+        self.lora_exclude: tuple[str, ...] = ()
+        if cached_layers:
+            prefix = f"hf.{hf.base_model_prefix}"
+            self.lora_exclude = (f"{prefix}.embeddings*", *(f"{prefix}.encoder.layer.{i}.*"
+                                                            for i in range(cached_layers)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        keep = x >= 0
-        t = x.shape[-1]
+    def _mask(self, keep: Tensor) -> Tensor:
         # A 4-D additive float mask [n, 1, T, T] (0 = attend, min = masked): transformers uses a 4-D mask as
         # given, and an additive one means the same to its eager and sdpa attention (a 2-D mask is inspected
         # with data-dependent branches that vmap cannot trace; a boolean one would be added as 0/1 by eager).
         dtype = self.hf.get_input_embeddings().weight.dtype
+        t = keep.shape[-1]
         blocked = (~keep).to(dtype) * torch.finfo(dtype).min
-        mask = blocked[..., None, None, :].expand(*keep.shape[:-1], 1, t, t)
+        return blocked[..., None, None, :].expand(*keep.shape[:-1], 1, t, t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.cached_layers:
+            return self._from_cached(x)
+        keep = x >= 0
         pad = self.hf.config.pad_token_id or 0
         ids = torch.where(keep, x, torch.full_like(x, pad))
-        return self.hf(input_ids=ids, attention_mask=mask).logits
+        return self.hf(input_ids=ids, attention_mask=self._mask(keep)).logits
+
+    def _from_cached(self, x: Tensor) -> Tensor:
+        """BertForSequenceClassification.forward from the hidden states after ``cached_layers`` layers."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        width = self.hf.config.hidden_size
+        h, keep = x[..., :width], x[..., width] > 0.5
+        base = self.hf.base_model
+        # the mask BertModel builds from the 4-D one the token-id path passes
+        mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=h, attention_mask=self._mask(keep))
+        for layer in base.encoder.layer[self.cached_layers:]:
+            h = layer(h, mask)
+        return self.hf.classifier(self.hf.dropout(base.pooler(h)))
+
+
+def check_cacheable(hf: nn.Module, cached_layers: int, input_shape: tuple[int, ...]) -> None:
+    """A BERT sequence classifier whose first ``cached_layers`` layers' outputs are the inputs; else one line."""
+    config = hf.config
+    base = getattr(hf, "base_model", None)
+    if config.model_type != "bert" or getattr(base, "pooler", None) is None or not hasattr(hf, "classifier"):
+        raise ModelPathError(f"model.cached_layers: supported for BERT sequence classifiers with a pooler, got "
+                             f"model_type {config.model_type!r}")
+    if not 1 <= cached_layers < config.num_hidden_layers:
+        raise ModelPathError(f"model.cached_layers: expected 0 (token ids) or 1..{config.num_hidden_layers - 1}, "
+                             f"got {cached_layers}")
+    if len(input_shape) != 2 or input_shape[1] != config.hidden_size + 1:
+        raise ValueError(f"model.cached_layers = {cached_layers} needs cached hidden states [tokens, "
+                         f"{config.hidden_size + 1}] (text_tasks without data.tokenizer), got input shape "
+                         f"{tuple(input_shape)}")
 
 
 HF_MODELS = (HFCausalLM, HFClassifier)
 
 
 def hf(input_shape: tuple[int, ...], num_outputs: int, path: str = "", head: str = "sequence_classification",
-       attention: str = "eager") -> nn.Module:
+       attention: str = "eager", cached_layers: int = 0) -> nn.Module:
     """A local transformers checkpoint (``path``; empty = the bundled one) with a ``head``, frozen.
 
     ``num_outputs`` sets a classifier's labels; for ``causal_lm`` it must equal the vocabulary size.
     ``attention``: "eager" (default: batches the clients of a round under vmap) or "sdpa".
+    ``cached_layers``: a BERT classifier on the hidden states after that many frozen layers (0: token ids).
     """
     if attention not in ATTENTION:
         raise ModelPathError(f"model.attention: expected one of {list(ATTENTION)}, got {attention!r}")
+    if not isinstance(cached_layers, int) or isinstance(cached_layers, bool) or cached_layers < 0:
+        raise ModelPathError(f"model.cached_layers: expected an integer >= 0, got {cached_layers!r}")
     ckpt = checkpoint_for(path or None, head)
+    if cached_layers and head != "sequence_classification":
+        raise ModelPathError(f"model.cached_layers: only for head = 'sequence_classification', got {head!r}")
+    if cached_layers:
+        base = load_base(ckpt, head, num_outputs, attention)
+        check_cacheable(base, cached_layers, input_shape)
+        return HFClassifier(base, ckpt, cached_layers)
     if len(input_shape) != 1:
+        hint = (" (cached hidden states: set model.cached_layers to the number of frozen layers the dataset ran, "
+                "5 for text_tasks)" if len(input_shape) == 2 else "")
         raise ValueError(f"model 'hf' needs token ids [tokens] per example (a tokenized text dataset such as "
-                         f"shakespeare_lm), got input shape {tuple(input_shape)}")
+                         f"shakespeare_lm), got input shape {tuple(input_shape)}{hint}")
     if head == "causal_lm":
         base = load_base(ckpt, head, attention=attention)
         vocab = base.get_input_embeddings().num_embeddings
