@@ -1,4 +1,4 @@
-"""The local-update transforms: plain-SGD recognition, FedProx's proximal gradient, FedRep's phases."""
+"""The local-update transforms: plain-SGD recognition, FedProx's proximal gradient, FedRep's phases, the step clip."""
 
 import torch
 from torch.func import grad
@@ -7,6 +7,7 @@ from bouquet.algorithms.local_update import (
     StepInfo,
     alternate,
     chain,
+    clip_norm,
     local_sgd,
     precondition_lora,
     proximal,
@@ -76,3 +77,29 @@ def test_weight_decay_exempts_named_prefixes_and_leaves_the_fused_path():
     torch.testing.assert_close(upd["w"], -0.1 * 0.5 * p["w"])
     assert not upd["router.logits"].any()
     assert local_sgd(0.1, decay_exempt=("router.",)).plain_sgd() is not None  # no decay: nothing to exempt
+
+
+def test_clip_norm_caps_the_global_step_and_leaves_small_steps_alone():
+    p = _params()
+    big = {"w": torch.full((3, 2), 3.0), "b": torch.full((3,), 4.0)}  # global norm sqrt(6*9 + 3*16) = sqrt(102)
+    info = StepInfo(0, torch.tensor(3), {})
+    out, _ = clip_norm(2.0).update(big, (), p, info)
+    total = torch.sqrt(sum((v ** 2).sum() for v in out.values()))
+    torch.testing.assert_close(total, torch.tensor(2.0))
+    torch.testing.assert_close(out["w"] / big["w"], out["b"][:2].mean() / big["b"][:2].mean() * torch.ones(3, 2))
+    small = {k: 0.01 * v for k, v in big.items()}
+    kept, _ = clip_norm(2.0).update(small, (), p, info)
+    for k in small:
+        torch.testing.assert_close(kept[k], small[k])
+    chained = local_sgd(0.5, max_norm=2.0)
+    assert chained.plain_sgd() is None  # the fused paths have no clip: the general path runs it
+    upd, _ = chained.update(big, chained.init(p), p, info)
+    torch.testing.assert_close(upd["w"], -0.5 * out["w"])
+
+
+def test_clip_norm_is_per_client_under_vmap():
+    grads = {"w": torch.stack([torch.full((3, 2), 10.0), torch.full((3, 2), 0.01)])}
+    params = {"w": torch.zeros(2, 3, 2)}
+    out, _ = torch.vmap(lambda g, p: clip_norm(1.0).update(g, (), p, None))(grads, params)
+    torch.testing.assert_close(out["w"][0].norm(), torch.tensor(1.0))
+    torch.testing.assert_close(out["w"][1], grads["w"][1])

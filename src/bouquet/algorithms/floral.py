@@ -55,13 +55,15 @@ def wrap(model: nn.Module, num_adaptors: int, rank: float | int = 0.01, *, adapt
 def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: float | None = None,
            router: RouterConfig | None = None, precondition: bool = True, precondition_eps: float = 1e-5,
            optimal_router: bool = False, server_opt: ServerOptimizer | None = None,
-           weight_decay: float = 0.0, name: str = "floral", train_base: bool = True) -> Algorithm:
+           weight_decay: float = 0.0, name: str = "floral", train_base: bool = True,
+           max_step_norm: float | None = None) -> Algorithm:
     """FLoRAL over a MixtureModel (e.g. from ``wrap``); its parameters are the initial state.
 
     ``optimal_router=True`` is the oracle: each client's pi is fixed to its true cluster's one-hot.
     ``router`` holds every router setting (learning rate, noise, floor, temperature, ...).
     ``train_base=False``: the base stays the template's (frozen, pretrained, never sent); only adaptors
-    are federated and routers kept private.
+    are federated and routers kept private. ``max_step_norm`` caps the global L2 norm of each local step's
+    (preconditioned) gradient, per client (ours; none: the paper's unclipped step).
     """
     if not isinstance(model, MixtureModel):
         raise TypeError(f"floral needs a MixtureModel (see bouquet.wrap), got {type(model).__name__}")
@@ -87,7 +89,8 @@ def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: flo
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")
     update = local_sgd(lr, lr_of=rates.of, weight_decay_rate=weight_decay,
-                       precondition_eps=precondition_eps if precondition else None, decay_exempt=("router.",))
+                       precondition_eps=precondition_eps if precondition else None, decay_exempt=("router.",),
+                       max_norm=max_step_norm)
     return Algorithm(name=name, model=model, objective=objective, **routed.functions(), aggregate=aggregate,
                      local_update=update, private_keys=("router.",),
                      loss_spec=LossSpec(router=rc) if rc.closed_form else None,
@@ -141,6 +144,8 @@ class FloralOptions(RoutedOptions):
     precondition: bool = True  # ScaledGD / Riemannian LoRA preconditioning, on in the official code
     #: damping added before inverting the LoRA factors' Gram matrices in preconditioning
     precondition_eps: float = 1e-5
+    #: ours: cap on the global L2 norm of each local step's (preconditioned) gradient, per client (none: no cap)
+    max_step_norm: float | None = None
     #: how a conv kernel is factored into ConvLoRA: 'balanced_2d', 'balanced', 'in' or 'out'
     conv_variant: str = "balanced_2d"
     #: module name patterns that get adaptors (none: every Linear and Conv2d, classifier included; for
@@ -157,6 +162,8 @@ class FloralOptions(RoutedOptions):
         require_rank(self.rank, f"{s}.rank")
         require(self.lora_lr is None or self.lora_lr > 0, f"{s}.lora_lr", "none or a number > 0", self.lora_lr)
         require(self.precondition_eps > 0, f"{s}.precondition_eps", "a number > 0", self.precondition_eps)
+        require(self.max_step_norm is None or self.max_step_norm > 0, f"{s}.max_step_norm", "none or a number > 0",
+                self.max_step_norm)
 
 
 @dataclass(frozen=True)
@@ -219,7 +226,8 @@ def build_floral(model: nn.Module, ctx: BuildContext, options: FloralOptions, na
     return floral(mixture, ctx.objective, lr=ctx.train.lr, lora_lr=lora_lr, router=options.router,
                   precondition=options.precondition, precondition_eps=options.precondition_eps,
                   optimal_router=options.optimal_router, server_opt=ctx.server_optimizer(lr_of),
-                  weight_decay=ctx.train.weight_decay, name=name, train_base=options.train_base)
+                  weight_decay=ctx.train.weight_decay, name=name, train_base=options.train_base,
+                  max_step_norm=options.max_step_norm)
 
 
 def _floral_builder(name: str):

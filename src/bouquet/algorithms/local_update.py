@@ -125,6 +125,18 @@ def precondition_lora(eps: float) -> Transform:
     return Transform("precondition_lora", update, options=(("eps", eps),))
 
 
+def clip_norm(max_norm: float) -> Transform:
+    """Scale a client's whole step direction (every gradient after preconditioning) to global L2 norm at most
+    ``max_norm``: a trust region on each local step (ours; guards FLoRAL's ScaledGD steps while B is near 0)."""
+
+    def update(grads, state, params, info):
+        total = torch.sqrt(sum((g.to(torch.float64) ** 2).sum() for g in grads.values()))
+        scale = torch.clamp(max_norm / (total + 1e-12), max=1.0)
+        return {k: g * scale.to(g.dtype) for k, g in grads.items()}, state
+
+    return Transform("clip_norm", update, options=(("max_norm", max_norm),))
+
+
 def proximal(mu: float) -> Transform:
     """grads + mu * (params - downloaded): FedProx's proximal term mu/2 ||w - w_global||^2, as a gradient."""
 
@@ -156,12 +168,14 @@ def alternate(first: Callable[[str], bool], fraction: float) -> Transform:
 
 def local_sgd(lr: float, *, lr_of: Callable[[str], float] | None = None, weight_decay_rate: float = 0.0,
               precondition_eps: float | None = None, extra: tuple[Transform, ...] = (),
-              decay_exempt: tuple[str, ...] = ()) -> LocalUpdate:
-    """The usual chain: LoRA preconditioning (optional), ``extra`` stages, weight decay (not of the tensors
-    named by ``decay_exempt`` prefixes), per-name SGD."""
+              decay_exempt: tuple[str, ...] = (), max_norm: float | None = None) -> LocalUpdate:
+    """The usual chain: LoRA preconditioning (optional), a step-norm clip (optional), ``extra`` stages, weight
+    decay (not of the tensors named by ``decay_exempt`` prefixes), per-name SGD."""
     stages: list[Transform] = []
     if precondition_eps is not None:
         stages.append(precondition_lora(precondition_eps))
+    if max_norm is not None:
+        stages.append(clip_norm(max_norm))
     stages += list(extra)
     if weight_decay_rate:
         stages.append(weight_decay(weight_decay_rate, decay_exempt))
