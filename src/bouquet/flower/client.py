@@ -18,7 +18,7 @@ from ..engine.client_work import evaluate_client, is_finite_update, train_client
 from .discovery import query_content
 from .job import FlowerJob
 from .node_state import ContextStore, DirStore
-from .records import add_client, from_record, match_global, to_record, unflatten_state
+from .records import add_client, from_record, match_global, pack, to_record, unflatten_state
 
 Store = ContextStore | DirStore
 
@@ -113,7 +113,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
         metrics[f"c{cid}/num-examples"] = n
         total += n
     metrics["num-examples"] = total
-    return Message(RecordDict({"arrays": to_record(uploads), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": pack(uploads), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:
