@@ -11,7 +11,8 @@ the Flower configuration (a SuperLink connection named ``bouquet``), installed a
 With ``workers=True`` every SuperNode runs ``--isolation process`` with one ``bouquet node-worker`` beside it
 (``node_worker``: one long-lived process runs all its ClientApp tasks) instead of Flower's process per message.
 ``node_waits`` (``supernode.Waits``) starts the SuperNodes with ``bouquet supernode`` and those waits instead of
-``flower-supernode`` with Flower's fixed ones; with workers the default is ``supernode.SHORT`` (0.2 s idle).
+``flower-supernode`` with Flower's fixed ones; with workers the default is ``supernode.SHORT`` (0.05 s for 10 s
+after a message, else Flower's 3 s).
 Child processes import bouquet from the same source tree as this process (``PYTHONPATH``).
 """
 

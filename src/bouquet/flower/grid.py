@@ -5,7 +5,8 @@ runtime (``HttpGrid``; 0.1 s in the simulation runtime's ``InMemoryGrid``), so a
 messages costs at least 6 s however fast the nodes answer. ``PromptGrid`` wraps the deployment's grid and does
 the same with Flower's own ``push_messages`` / ``pull_messages``, polling after 10 ms, then doubling up to
 ``longest`` seconds: a reply is seen at most about as late as it has already taken, and never more than
-``longest`` late. Everything else is the wrapped grid's. ``prompt`` wraps only ``HttpGrid``: the simulation
+``longest`` late (default 0.05 s: at most 20 polls a second while replies are due). Everything else is the
+wrapped grid's. ``prompt`` wraps only ``HttpGrid``: the simulation
 runtime (and test grids) keep their own ``send_and_receive``.
 
 A reply is listed by the SuperLink as soon as its node has announced it, before the node has pushed its
@@ -86,7 +87,7 @@ def _fits(grid: Grid) -> bool:
 class PromptGrid(Grid):
     """``grid`` with a ``send_and_receive`` that polls for replies from 10 ms up to ``longest`` seconds apart."""
 
-    def __init__(self, grid: Grid, longest: float = 0.2):
+    def __init__(self, grid: Grid, longest: float = 0.05):
         self.grid, self.longest = grid, longest
         self.fast_pull = _fits(grid)
 

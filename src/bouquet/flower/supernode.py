@@ -6,22 +6,27 @@ Flower 1.42's SuperNode (``flwr.supernode.start_client_internal``) waits fixed t
   (``start_client_internal``: ``time.sleep(3)``) before asking again. In a round the server sends the next
   message only when every node has replied, so a node usually finds nothing at its first ask: about 3 s per
   message hop, 2 per round (train, evaluate).
+- ``--busy-wait`` and ``--busy-window``: for ``--busy-window`` seconds after the node handled a message (within a
+  run, when the next message is due soon) it asks again after ``--busy-wait`` seconds instead of the idle wait.
+  Unset, the idle wait applies throughout, as in Flower.
 - ``--reply-wait``: while its ClientApp works it looks for the reply every 0.5 s (``_push_messages``).
 - ``--object-retry``: an object of a message that is not on the SuperLink yet (a message is listed before its
   content has arrived) is asked for again after 1 s, 2 s, ... up to 10 s (``pull_objects``,
   ``PULL_INITIAL_BACKOFF``); with this option after the given seconds, doubling up to 1 s.
 
-The defaults are Flower's (3, 0.5, 1). What a shorter wait costs: a SuperNode with nothing to do sends the
-SuperLink ``1 / idle-wait`` requests a second (0.33 with Flower's 3 s, 5 with 0.2 s, 20 with 0.05 s), each a
-``PullMessages`` call the SuperLink answers; the reply wait is a check of the node's own memory (CPU only).
+The defaults are Flower's (3, 0.5, 1). What a shorter wait costs: a SuperNode waiting for a message sends the
+SuperLink ``1 / wait`` requests a second (0.33 with Flower's 3 s, 5 with 0.2 s, 50 with 0.02 s), each a
+``PullMessages`` call the SuperLink answers: with a busy window, at that rate only within the window after a
+message, at the idle rate otherwise. The reply wait is a check of the node's own memory (CPU only).
 
-This is done by replacing two names in that one module of Flower, in this process only: its ``time`` (an object
-whose ``sleep`` turns Flower's 3 s and 0.5 s into the chosen waits and passes any other through) and its
-``pull_objects`` (the same function with the chosen first retry). Both depend on Flower's source, so
-``check_flower`` refuses to start unless the installed Flower is a version this was written against, and its
+This is done by replacing three names in that one module of Flower, in this process only: its ``time`` (an object
+whose ``sleep`` turns Flower's 3 s and 0.5 s into the chosen waits and passes any other through), its
+``_push_messages`` (Flower's, which runs after every message the node pulled, wrapped to note the time for the
+busy window) and its ``pull_objects`` (the same function with the chosen first retry). All depend on Flower's
+source, so ``check_flower`` refuses to start unless the installed Flower is a version this was written against, and its
 module still has exactly those sleeps and names. Every other argument goes to ``flower-supernode`` unchanged::
 
-    bouquet supernode --idle-wait 0.2 --reply-wait 0.02 --object-retry 0.01 -- \\
+    bouquet supernode --busy-wait 0.05 --busy-window 10 --reply-wait 0.02 --object-retry 0.01 -- \\
         --insecure --superlink 127.0.0.1:9092 --isolation process --port 9094
 """
 
@@ -44,6 +49,7 @@ from flwr.supernode.cli.flower_supernode import flower_supernode
 SUPPORTED = ("1.42.0",)
 _IDLE, _REPLY = 3, 0.5  # Flower 1.42's fixed sleeps in start_client_internal.py
 _SLEEPS = {"time.sleep(3)": 1, "time.sleep(0.5)": 2}
+_WRAPPED = "__bouquet_wrapped__"
 
 
 @dataclass(frozen=True)
@@ -53,27 +59,42 @@ class Waits:
     idle: float = 3.0
     reply: float = 0.5
     object_retry: float = 1.0
+    busy: float | None = None  # the wait within ``window`` seconds after a message (None: ``idle``)
+    window: float = 10.0
 
     def args(self) -> list[str]:
         """As ``bouquet supernode`` options."""
-        return ["--idle-wait", str(self.idle), "--reply-wait", str(self.reply), "--object-retry",
+        busy = [] if self.busy is None else ["--busy-wait", str(self.busy), "--busy-window", str(self.window)]
+        return ["--idle-wait", str(self.idle), *busy, "--reply-wait", str(self.reply), "--object-retry",
                 str(self.object_retry)]
 
 
 #: Flower's own waits
 FLOWER = Waits()
-#: short waits for a SuperNode beside a node worker (``LocalFederation(workers=True)``): 5 requests a second idle
-SHORT = Waits(idle=0.2, reply=0.02, object_retry=0.01)
+#: short waits for a SuperNode beside a node worker (``LocalFederation(workers=True)``): 20 requests a second for
+#: 10 s after a message, Flower's 0.33 a second otherwise
+SHORT = Waits(idle=3.0, reply=0.02, object_retry=0.01, busy=0.05, window=10.0)
 
 
 class PacedTime:
-    """The ``time`` module, but ``sleep(3)`` sleeps ``idle`` and ``sleep(0.5)`` sleeps ``reply`` seconds."""
+    """The ``time`` module, but ``sleep(3)`` sleeps ``idle`` seconds (``busy`` within ``window`` seconds after
+    ``handled()``) and ``sleep(0.5)`` sleeps ``reply`` seconds."""
 
-    def __init__(self, idle: float, reply: float):
-        self.idle, self.reply = idle, reply
+    def __init__(self, idle: float, reply: float, busy: float | None = None, window: float = 10.0):
+        self.idle, self.reply, self.busy, self.window = idle, reply, busy, window
+        self.last = -float("inf")  # time.monotonic() of the last message handled
+
+    def handled(self) -> None:
+        """A message was handled now: the next ``window`` seconds are busy."""
+        self.last = time.monotonic()
+
+    def idle_wait(self) -> float:
+        """The wait after finding no message, now."""
+        busy = self.busy is not None and time.monotonic() - self.last < self.window
+        return self.busy if busy else self.idle
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(self.idle if seconds == _IDLE else self.reply if seconds == _REPLY else seconds)
+        time.sleep(self.idle_wait() if seconds == _IDLE else self.reply if seconds == _REPLY else seconds)
 
     def __getattr__(self, name: str):
         return getattr(time, name)
@@ -94,6 +115,9 @@ def check_flower() -> None:
     base = pull.func if isinstance(pull, functools.partial) else pull
     if base is not inflatable_utils.pull_objects or "initial_backoff" not in inspect.signature(base).parameters:
         problems.append("its pull_objects is not inflatable_utils.pull_objects(..., initial_backoff)")
+    push = getattr(flower_node, "_push_messages", None)
+    if not callable(push) or "object_store" not in inspect.signature(getattr(push, _WRAPPED, push)).parameters:
+        problems.append("it has no _push_messages(state, object_store, ...)")
     if problems:
         raise RuntimeError(f"bouquet supernode: error: flwr.supernode.start_client_internal is not what this patches "
                            f"({'; '.join(problems)}); use flower-supernode")
@@ -102,7 +126,17 @@ def check_flower() -> None:
 def apply(waits: Waits) -> None:
     """Give this process's Flower SuperNode the ``waits`` (after ``check_flower``)."""
     check_flower()
-    flower_node.time = PacedTime(waits.idle, waits.reply)
+    paced = PacedTime(waits.idle, waits.reply, waits.busy, waits.window)
+    flower_node.time = paced
+    push = getattr(flower_node._push_messages, _WRAPPED, flower_node._push_messages)
+
+    @functools.wraps(push)
+    def push_after_message(*args, **kwargs):
+        paced.handled()
+        return push(*args, **kwargs)
+
+    setattr(push_after_message, _WRAPPED, push)
+    flower_node._push_messages = push_after_message
     flower_node.pull_objects = functools.partial(inflatable_utils.pull_objects, initial_backoff=waits.object_retry,
                                                  backoff_cap=max(1.0, waits.object_retry))
 
@@ -119,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
                                 "with its fixed waits as options; every other argument goes to flower-supernode.")
     p.add_argument("--idle-wait", type=_seconds, default=FLOWER.idle, metavar="S", help="seconds before asking "
                    "the SuperLink again after finding no message (Flower: 3; costs 1/S requests a second at idle)")
+    p.add_argument("--busy-wait", type=_seconds, metavar="S", help="seconds before asking again within the busy "
+                   "window after a message (default: the idle wait; costs 1/S requests a second in the window)")
+    p.add_argument("--busy-window", type=_seconds, default=10.0, metavar="S",
+                   help="seconds after a message during which --busy-wait applies (default 10)")
     p.add_argument("--reply-wait", type=_seconds, default=FLOWER.reply, metavar="S",
                    help="seconds between looks for the ClientApp's reply (Flower: 0.5)")
     p.add_argument("--object-retry", type=_seconds, default=FLOWER.object_retry, metavar="S",
@@ -136,13 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "-h" in rest or "--help" in rest:
         parser.print_help()
         print()
-    waits = Waits(ours.idle_wait, ours.reply_wait, ours.object_retry)
+    waits = Waits(ours.idle_wait, ours.reply_wait, ours.object_retry, ours.busy_wait, ours.busy_window)
     try:
         apply(waits)
     except RuntimeError as err:
         print(err, file=sys.stderr)
         return 2
-    print(f"bouquet supernode: Flower {flwr.__version__} SuperNode, idle wait {waits.idle} s, reply wait "
+    busy = "" if waits.busy is None else f" ({waits.busy} s for {waits.window} s after a message)"
+    print(f"bouquet supernode: Flower {flwr.__version__} SuperNode, idle wait {waits.idle} s{busy}, reply wait "
           f"{waits.reply} s, first object retry {waits.object_retry} s", file=sys.stderr, flush=True)
     sys.argv = ["flower-supernode", *rest]
     flower_supernode()
