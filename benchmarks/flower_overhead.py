@@ -10,9 +10,21 @@ round, evaluation every round) three ways, one after the other:
   (``bouquet partition``, ``--node-config data-dir=...``: no dataset rebuilt per message); both with Flower's
   default isolation (a new ``flwr-clientapp`` process per message)
 - the same deployment with long-lived node workers: ``flower-supernode --isolation process`` and one
-  ``bouquet node-worker`` per node running every ClientApp task in-process (own data directories)
+  ``bouquet node-worker`` per node running every ClientApp task in-process (own data directories), with
+  Flower's waits and Flower's record layout (one Array per tensor), as first measured
 - diagnostic: the workers' deployment with Flower 1.42's fixed polling waits shortened in the SuperNodes and
   the ServerApp (``benchmarks/flower_fast_polls/sitecustomize.py``; not a configuration Flower offers)
+- node workers with packed records (``packed = true``, the default: one Array per message), with Flower's waits
+- node workers with the SuperNodes' waits shortened (``bouquet supernode --busy-wait 0.05 --busy-window 10
+  --reply-wait 0.02 --object-retry 0.01``, ``supernode.SHORT``, what ``LocalFederation(workers=True)`` starts),
+  Flower's layout
+- node workers, packed records and short waits: bouquet's defaults with workers
+- the simulation runtime again, last: its rounds are multiples of its grid's 0.1 s reply polls (0.2, 0.3 or
+  0.4 s for this task), so one measurement of it can be off by a poll per exchange
+
+The process-per-message rows and the first worker rows run with ``packed = false`` (as first measured); the
+simulation row with the default (packed). The ServerApp of every row pulls replies with ``PromptGrid``
+(10 ms first object retry since this commit).
 - the floor Flower's deployment runtime sets: one Python process importing Flower's ClientApp API (what
   every ClientApp message costs before any user code), and one importing bouquet's ClientApp (torch too)
 
@@ -51,11 +63,16 @@ from bouquet.app.runner import simulator
 from bouquet.data import build_dataset
 from bouquet.data.node_dir import write_node_dirs
 from bouquet.flower.deploy import LocalFederation
+from bouquet.flower.supernode import FLOWER, SHORT
 
 REPO = Path(__file__).resolve().parents[1]
 SIM = "Flower simulation (Ray, 10 SuperNodes)"
+SIM_AGAIN = "Flower simulation (Ray, 10 SuperNodes), again at the end"
 WORKERS = "Flower deployment (3 SuperNodes + node workers, own data dirs)"
 FAST = "Flower deployment + workers, Flower's polling waits shortened (diagnostic)"
+PACKED = "Flower deployment + workers, packed records"
+SHORT_WAITS = "Flower deployment + workers, bouquet supernode short waits"
+BOTH = "Flower deployment + workers, packed records + bouquet supernode short waits"
 
 
 def experiment(rounds: int):
@@ -96,9 +113,11 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
 
 
 def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
-                   fast_polls: bool = False) -> tuple[list[float], float, list[dict], list]:
+                   fast_polls: bool = False, packed: bool = True,
+                   short_waits: bool = False) -> tuple[list[float], float, list[dict], list]:
     """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
-    run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0}
+    run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0,
+                  "packed": packed}
     saved = dict(os.environ)
     if fast_polls:  # the child processes import FAST_POLLS/sitecustomize.py
         os.environ["PYTHONPATH"] = os.pathsep.join([str(FAST_POLLS), os.environ.get("PYTHONPATH", "")])
@@ -111,7 +130,8 @@ def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = Fal
                 configs = [{"data-dir": str(d)} for d in dirs]
             start = time.perf_counter()
             with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
-                                 node_configs=configs, workers=workers) as fed:
+                                 node_configs=configs, workers=workers,
+                                 node_waits=SHORT if short_waits else FLOWER) as fed:
                 fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
                 res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
             wall = time.perf_counter() - start
@@ -149,11 +169,13 @@ def main() -> None:
     rows["local, vectorized"] = (local_seconds(exp, True), None)
     flower_rows = [(SIM, dict(simulation=True, supernodes=10))]
     if not args.only_workers:
-        flower_rows += [("Flower deployment (3 SuperNodes)", dict(simulation=False, supernodes=3)),
+        flower_rows += [("Flower deployment (3 SuperNodes)", dict(simulation=False, supernodes=3, packed=False)),
                         ("Flower deployment (3 SuperNodes, own data dirs)",
-                         dict(simulation=False, supernodes=3, node_data=True))]
-    flower_rows += [(WORKERS, dict(simulation=False, supernodes=3, node_data=True, workers=True)),
-                    (FAST, dict(simulation=False, supernodes=3, node_data=True, workers=True, fast_polls=True))]
+                         dict(simulation=False, supernodes=3, node_data=True, packed=False))]
+    dep = dict(simulation=False, supernodes=3, node_data=True, workers=True)
+    flower_rows += [(WORKERS, dict(dep, packed=False)), (FAST, dict(dep, packed=False, fast_polls=True)),
+                    (PACKED, dep), (SHORT_WAITS, dict(dep, packed=False, short_waits=True)),
+                    (BOTH, dict(dep, short_waits=True)), (SIM_AGAIN, dict(simulation=True, supernodes=10))]
     loads = {"start": os.getloadavg()}
     for name, kw in flower_rows:
         secs, wall, records, tasks[name] = flower_seconds(exp, **kw)
@@ -176,10 +198,11 @@ def main() -> None:
         med = steady(secs)
         out[name] = {"seconds_per_round": secs, "median": med, "wall": wall}
         print(f"{name:78s} {med:15.3f} {med / base:12.1f} {'' if wall is None else f'{wall:.1f}':>24s}")
-    sim_med = out[SIM]["median"]
+    sim_med, sim_again = out[SIM]["median"], out[SIM_AGAIN]["median"]
     for name in rows:
         if name.startswith("Flower deployment"):
-            print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round")
+            print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round "
+                  f"({out[name]['median'] / sim_again:.1f}x its second measurement)")
     for name, got in tasks.items():
         if got:
             med = {k: statistics.median(t[i] for t in got) for i, k in enumerate(("pull", "app", "push"), 1)}

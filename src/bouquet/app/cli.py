@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     # the optional Flower runtime is imported only when this runs; its own parser reads the arguments
     sub.add_parser("node-worker", add_help=False, help="run a SuperNode's ClientApp tasks in one long-lived process "
                    "(flower-supernode --isolation process; 'bouquet node-worker --help', docs/flower.md)")
+    sub.add_parser("supernode", add_help=False, help="Flower's flower-supernode with its fixed waits as options "
+                   "(--idle-wait, --reply-wait, --object-retry; 'bouquet supernode --help', docs/flower.md)")
     add_bench_parser(sub)
     return p
 
@@ -211,11 +213,19 @@ def _cmd_node_worker(argv: list[str]) -> int:
     return worker_main(argv)
 
 
+def _cmd_supernode(argv: list[str]) -> int:
+    from ..flower.supernode import main as supernode_main  # needs the optional flwr package
+
+    return supernode_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run; configuration, data and file errors print one line and exit with status 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["node-worker"]:  # a long-lived process with Flower's options (bouquet.flower.node_worker)
         return _cmd_node_worker(argv[1:])
+    if argv[:1] == ["supernode"]:  # Flower's SuperNode with its waits as options (bouquet.flower.supernode)
+        return _cmd_supernode(argv[1:])
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = show_warning

@@ -152,7 +152,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run one (algorithm, seed) of the experiment named by the run config, from its latest server checkpoint
     when ``checkpoint-dir`` holds one (a resumed run: the records before it are printed again)."""
     _threads(context, "server-threads")
-    grid = prompt(grid)  # deployment: replies seen within ~0.2 s, not after Flower's 3 s polls
+    grid = prompt(grid)  # deployment: replies seen within ~0.05 s, not after Flower's 3 s polls
     rc = dict(context.run_config)
     ckpt, tag, run = _checkpoints(rc, context.run_id)
     snap = None

@@ -21,6 +21,8 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     min-replies  fewest accepted client updates to aggregate a round (else the round is skipped)
     round-timeout  seconds the server waits for replies of one round
     node-wait    seconds the server waits for SuperNodes to connect before the first round
+    packed       true: tensors travel to and from bouquet's ClientApps packed, one Array per message
+                 (``flower.records.pack``); false: one Array per tensor, Flower's layout (stock apps always get it)
     checkpoint-dir  where the ServerApp saves its state every ``run.checkpoint_every`` rounds and resumes from
     node-state-dir  where nodes without a ``state-dir`` node config keep their clients' states (per partition)
     run-id       names the run for checkpoints and node states (kept by ``bouquet run --resume``; "": Flower's)
@@ -59,6 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "min-replies": 1,
     "round-timeout": 600.0,
     "node-wait": 120.0,
+    "packed": True,
     "checkpoint-dir": "",
     "node-state-dir": "",
     "run-id": "",
@@ -93,14 +96,20 @@ def settings(run_config: dict) -> FlowerSettings:
     """The Flower-specific part of the run config."""
     rc = with_defaults(run_config)
     return FlowerSettings(out=str(rc["out"]), min_replies=int(rc["min-replies"]),
-                          round_timeout=float(rc["round-timeout"]), node_wait=float(rc["node-wait"]))
+                          round_timeout=float(rc["round-timeout"]), node_wait=float(rc["node-wait"]),
+                          packed=_flag(rc["packed"]))
+
+
+def _flag(value: Any) -> bool:
+    """A run-config boolean (TOML true/false, or its text in a cache key)."""
+    return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
 
 
 def _key(run_config: dict) -> tuple:
     """The cache key of a run config; a ``config`` file enters as its resolved path and modification time."""
     rc = with_defaults(run_config)
     key = [str(rc[k]) for k in ("config", "experiment", "set", "algorithm", "seed", "out", "min-replies",
-                                "round-timeout", "node-wait")]
+                                "round-timeout", "node-wait", "packed")]
     if key[0] and not key[1]:
         path = _find(key[0]).resolve()
         key[0] = f"{path}@{path.stat().st_mtime_ns}"
@@ -150,7 +159,7 @@ def _job(key: tuple, info: DatasetInfo, data: FederatedDataset | None = None,
          ids: tuple[int, ...] | None = None) -> FlowerJob:
     exp, name, seed = _experiment(key)
     alg, base = build_algorithm(exp, info, name, seed)
-    rc = dict(zip(("out", "min-replies", "round-timeout", "node-wait"), key[5:], strict=True))
+    rc = dict(zip(("out", "min-replies", "round-timeout", "node-wait", "packed"), key[5:], strict=True))
     return FlowerJob(name=name, seed=seed, alg=alg, spec=exp.run.spec(), info=info, base_params=base,
                      robust=exp.robust, settings=settings(rc), data=data, ids=ids,
                      meta={"experiment": resolved_dict(exp), "name": exp.name})

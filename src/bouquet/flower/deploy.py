@@ -10,6 +10,9 @@ the Flower configuration (a SuperLink connection named ``bouquet``), installed a
 
 With ``workers=True`` every SuperNode runs ``--isolation process`` with one ``bouquet node-worker`` beside it
 (``node_worker``: one long-lived process runs all its ClientApp tasks) instead of Flower's process per message.
+``node_waits`` (``supernode.Waits``) starts the SuperNodes with ``bouquet supernode`` and those waits instead of
+``flower-supernode`` with Flower's fixed ones; with workers the default is ``supernode.SHORT`` (0.05 s for 10 s
+after a message, else Flower's 3 s).
 Child processes import bouquet from the same source tree as this process (``PYTHONPATH``).
 """
 
@@ -27,6 +30,7 @@ from pathlib import Path
 import tomli_w
 
 from .credentials import NodeKey, TLSFiles, make_node_keys, make_tls
+from .supernode import FLOWER, SHORT, Waits
 
 __all__ = ["LocalFederation", "NodeKey", "TLSFiles", "flwr_run", "free_port", "make_node_keys", "make_tls",
            "process_tree", "stop_process"]
@@ -126,7 +130,8 @@ class LocalFederation:
     def __init__(self, workdir: str | Path, num_supernodes: int = 0, *, simulation: bool = False,
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
                  node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
-                 database: bool = False, workers: bool = False, worker_poll: float = 0.05):
+                 database: bool = False, workers: bool = False, worker_poll: float = 0.05,
+                 node_waits: Waits | None = None):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -139,6 +144,8 @@ class LocalFederation:
         self.database = self.dir / "superlink-state.db" if database else None
         # one long-lived ``bouquet node-worker`` per SuperNode (``--isolation process``), polling every worker_poll s
         self.use_workers, self.worker_poll = workers, worker_poll
+        # the SuperNodes' fixed waits (Flower's 3 s idle poll...): short ones beside workers unless told
+        self.node_waits = node_waits if node_waits is not None else SHORT if workers else FLOWER
         self.port = free_port()
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
@@ -229,7 +236,9 @@ class LocalFederation:
         extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
         config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
         port = free_port()
-        args = [_bin("flower-supernode"), *self._security(False), "--superlink", self.address,
+        launcher = ([_bin("flower-supernode")] if self.node_waits == FLOWER else
+                    [sys.executable, "-m", "bouquet", "supernode", *self.node_waits.args(), "--"])
+        args = [*launcher, *self._security(False), "--superlink", self.address,
                 "--port", str(port), "--node-config", _config_args(config)]
         if key is None and self.node_keys and partition_id < len(self.node_keys):
             key = self.node_keys[partition_id]

@@ -30,6 +30,7 @@ class FlowerSettings:
     min_replies: int = 1
     round_timeout: float = 600.0
     node_wait: float = 120.0
+    packed: bool = True  # tensors to bouquet's nodes in one Array per message (records.pack); False: Flower's layout
 
 
 @dataclass(eq=False)

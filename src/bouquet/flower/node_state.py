@@ -18,7 +18,7 @@ from flwr.app import Context
 from torch import Tensor
 
 from ..engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .records import from_record, to_record
+from .records import from_record, pack
 
 _FILE = re.compile(r"^c(?P<cid>\d+)-r(?P<round>\d+)\.ckpt$")
 
@@ -38,7 +38,7 @@ class ContextStore:
 
     def put(self, cid: int, round_idx: int, state: dict[str, Tensor], origin: int, keep_from: int) -> None:
         """Keep client ``cid``'s state after round ``round_idx`` (trained from the version of round ``origin``)."""
-        self.context.state[f"c{cid}"] = to_record(state)
+        self.context.state[f"c{cid}"] = pack(state)  # one Array per client (from_record reads both layouts)
 
     def put_server(self, round_idx: int, server: dict) -> None:
         """The server state of the last evaluation (kept only by a state directory, for export)."""

@@ -2,11 +2,25 @@
 
 A message carries flat dicts of named tensors (``ArrayRecord``). Several clients can share one
 SuperNode, so per-client entries are prefixed ``c<id>/``; nested server state is flattened with
-``/`` between levels. Tensors travel as numpy arrays (the dtype is kept; bfloat16 is not supported).
+``/`` between levels.
+
+Two layouts. Flower's plain one (``to_record``): one ``Array`` per tensor, as numpy arrays (bfloat16 is not
+supported); Flower's stock strategies and ClientApps read and write it, so bouquet uses it with them. The packed
+one (``pack``), between bouquet's own ServerApp and ClientApp: ONE ``Array`` under the key ``bouquet.packed``
+(``stype`` ``bouquet.packed``, dtype uint8) whose bytes are an index and every tensor's bytes, in the layout of
+a safetensors file: an 8-byte little-endian header length, a JSON header ``{"format": "bouquet.packed/1",
+"tensors": [[name, dtype, shape, offset, nbytes], ...]}``, then the concatenated tensor bytes (offsets count
+from the end of the header). Flower 1.42 moves every record, ``Array`` and 5 MB ``ArrayChunk`` of a message as
+its own object, one HTTP request per object and hop; packed, a dict of n tensors is 3 objects instead of
+1 + 2n. The index sits in the Array's own bytes because that costs no object: a second index ``Array`` would
+cost two (the Array and its chunk), a ``ConfigRecord`` one. ``from_record`` reads both layouts.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +30,12 @@ from flwr.app import Array, ArrayRecord
 from torch import Tensor
 
 SEP = "/"
+#: the one key and the ``stype`` of a packed record's ``Array``
+PACKED = "bouquet.packed"
+FORMAT = "bouquet.packed/1"
+_DTYPES = {str(d).removeprefix("torch."): d for d in (
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.uint8,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)}
 
 
 def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
@@ -25,8 +45,84 @@ def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
     return ArrayRecord(array_dict=arrays)
 
 
-def from_record(record: ArrayRecord) -> dict[str, Tensor]:
-    """An ``ArrayRecord`` back as a flat dict of (writable) tensors."""
+def pack(tensors: Mapping[str, Tensor]) -> ArrayRecord:
+    """A flat dict of tensors as a packed ``ArrayRecord``: one ``Array`` holding an index and all tensors' bytes."""
+    index, parts, offset = [], [], 0
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        kind = str(t.dtype).removeprefix("torch.")
+        if kind not in _DTYPES:
+            raise ValueError(f"bouquet: error: {name!r}: dtype {kind} cannot travel in a packed record")
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        index.append([name, kind, list(t.shape), offset, len(raw)])
+        parts.append(raw)
+        offset += len(raw)
+    header = json.dumps({"format": FORMAT, "tensors": index}, separators=(",", ":")).encode()
+    data = b"".join([struct.pack("<Q", len(header)), header, *parts])
+    return ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)})
+
+
+def is_packed(record: ArrayRecord) -> bool:
+    """Whether ``record`` is in the packed layout (``pack``)."""
+    return len(record) == 1 and PACKED in record and record[PACKED].stype == PACKED
+
+
+def _entries(data: bytes) -> tuple[list, int]:
+    """The packed index and where the tensor bytes start; ValueError (the reason) on a malformed one."""
+    if len(data) < 8:
+        raise ValueError(f"{len(data)} bytes, shorter than the 8-byte header length")
+    (size,) = struct.unpack_from("<Q", data)
+    if size > len(data) - 8:
+        raise ValueError(f"header of {size} bytes in a {len(data)}-byte array")
+    try:
+        header = json.loads(data[8:8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"header is not JSON ({err})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("tensors"), list):
+        raise ValueError(f"header is not a {FORMAT} index")
+    return header["tensors"], 8 + size
+
+
+def unpack(record: ArrayRecord, key: str = "arrays") -> dict[str, Tensor]:
+    """A packed ``ArrayRecord`` back as a flat dict of (writable) tensors; ``key``: its name in the message, for
+    the error a malformed record raises."""
+    data = record[PACKED].data
+    try:
+        entries, start = _entries(data)
+        body = torch.frombuffer(bytearray(data[start:]), dtype=torch.uint8) if len(data) > start else torch.empty(
+            0, dtype=torch.uint8)
+        out: dict[str, Tensor] = {}
+        for entry in entries:
+            name, kind, shape, offset, nbytes = _entry(entry)
+            if name in out:
+                raise ValueError(f"tensor {name!r} twice")
+            dtype = _DTYPES[kind]
+            if nbytes != math.prod(shape) * dtype.itemsize or offset + nbytes > body.numel():
+                raise ValueError(f"tensor {name!r}: {nbytes} bytes at {offset} do not fit {kind} {shape} in "
+                                 f"{body.numel()} bytes")
+            raw = body[offset:offset + nbytes].clone()
+            if dtype is torch.bool and bool((raw > 1).any()):
+                raise ValueError(f"tensor {name!r}: bool bytes other than 0 and 1")
+            out[name] = raw.view(dtype).reshape(shape)
+    except ValueError as err:
+        raise ValueError(f"bouquet: error: {key!r}: malformed packed record ({PACKED}): {err}") from None
+    return out
+
+
+def _entry(entry: Any) -> tuple[str, str, list[int], int, int]:
+    """One index entry, checked: (name, dtype, shape, offset, nbytes)."""
+    ok = (isinstance(entry, list) and len(entry) == 5 and isinstance(entry[0], str) and entry[1] in _DTYPES
+          and isinstance(entry[2], list) and all(type(d) is int and d >= 0 for d in entry[2])
+          and all(type(v) is int and v >= 0 for v in entry[3:]))
+    if not ok:
+        raise ValueError(f"bad index entry {str(entry)[:80]}")
+    return entry[0], entry[1], entry[2], entry[3], entry[4]
+
+
+def from_record(record: ArrayRecord, key: str = "arrays") -> dict[str, Tensor]:
+    """An ``ArrayRecord`` in either layout (plain or ``pack``) back as a flat dict of (writable) tensors."""
+    if is_packed(record):
+        return unpack(record, key)
     return {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
 
 

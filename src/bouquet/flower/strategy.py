@@ -28,7 +28,7 @@ from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
 from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
-from .records import flatten_state, from_record, split_clients, to_record
+from .records import flatten_state, from_record, pack, split_clients, to_record
 
 log = logging.getLogger("bouquet.flower")
 __all__ = ["BouquetStrategy", "NodeDiscoveryError"]
@@ -90,6 +90,10 @@ class BouquetStrategy(Strategy):
                                     "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
                         message_type=kind) for node, cs in by_node.items()]
 
+    def _wire(self, tensors: dict[str, torch.Tensor]) -> ArrayRecord:
+        """Tensors for bouquet's nodes: packed (one Array; they reply in the same layout) unless turned off."""
+        return pack(tensors) if self.job.settings.packed else to_record(tensors)
+
     # -- training ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -104,7 +108,9 @@ class BouquetStrategy(Strategy):
         self._round = {"start": time.perf_counter(), "ids": ids, "sampler": sampler, "payload": payload}
         cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation(),
                "checkpoint-round": self.checkpointed if self.checkpointed >= 0 else server_round - 1}
-        return self._messages(ids.tolist(), {"arrays": to_record(payload)}, cfg, MessageType.TRAIN)
+        # bouquet's nodes get the payload packed (one Array); stock Flower ClientApps Flower's plain `arrays`
+        return self._messages(ids.tolist(), {"arrays": self._wire(payload)}, cfg, MessageType.TRAIN,
+                              {"arrays": to_record(payload)})
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -153,7 +159,11 @@ class BouquetStrategy(Strategy):
                             rep.error.reason)
                 continue
             arrays, metrics = rep.content.get("arrays"), rep.content.get("metrics")
-            per_client = split_clients(from_record(arrays)) if isinstance(arrays, ArrayRecord) else {}
+            try:
+                per_client = split_clients(from_record(arrays)) if isinstance(arrays, ArrayRecord) else {}
+            except ValueError as err:  # a malformed packed record: the node's clients count as failed
+                log.warning("bouquet: round %d: node %s: %s", server_round, node, err)
+                continue
             metrics = dict(metrics) if isinstance(metrics, MetricRecord) else {}
             self.received_keys.update(f"metrics:{k}" for k in metrics)
             for up in per_client.values():
@@ -182,7 +192,7 @@ class BouquetStrategy(Strategy):
         if not self.job.spec.is_eval_round(server_round):
             return []
         tensors, other = flatten_state(self.state.server)
-        content = {"arrays": to_record(tensors), "server": ConfigRecord(other)}
+        content = {"arrays": self._wire(tensors), "server": ConfigRecord(other)}
         cfg = {**dict(config), "server-round": server_round, **self._federation()}
         stock = {"arrays": to_record(self.job.alg.broadcast(self.state.server))}  # the plain global model
         return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)

@@ -1,0 +1,188 @@
+"""``bouquet supernode``: Flower 1.42's ``flower-supernode`` with its fixed waits made options.
+
+Flower 1.42's SuperNode (``flwr.supernode.start_client_internal``) waits fixed times that no option changes:
+
+- ``--idle-wait``: after asking the SuperLink for a message and finding none, it sleeps 3 s
+  (``start_client_internal``: ``time.sleep(3)``) before asking again. In a round the server sends the next
+  message only when every node has replied, so a node usually finds nothing at its first ask: about 3 s per
+  message hop, 2 per round (train, evaluate).
+- ``--busy-wait`` and ``--busy-window``: for ``--busy-window`` seconds after the node handled a message (within a
+  run, when the next message is due soon) it asks again after ``--busy-wait`` seconds instead of the idle wait.
+  Unset, the idle wait applies throughout, as in Flower.
+- ``--reply-wait``: while its ClientApp works it looks for the reply every 0.5 s (``_push_messages``).
+- ``--object-retry``: an object of a message that is not on the SuperLink yet (a message is listed before its
+  content has arrived) is asked for again after 1 s, 2 s, ... up to 10 s (``pull_objects``,
+  ``PULL_INITIAL_BACKOFF``); with this option after the given seconds, doubling up to 1 s.
+
+The defaults are Flower's (3, 0.5, 1). What a shorter wait costs: a SuperNode waiting for a message sends the
+SuperLink ``1 / wait`` requests a second (0.33 with Flower's 3 s, 5 with 0.2 s, 50 with 0.02 s), each a
+``PullMessages`` call the SuperLink answers: with a busy window, at that rate only within the window after a
+message, at the idle rate otherwise. The reply wait is a check of the node's own memory (CPU only).
+
+This is done by replacing three names in that one module of Flower, in this process only: its ``time`` (an object
+whose ``sleep`` turns Flower's 3 s and 0.5 s into the chosen waits and passes any other through), its
+``_push_messages`` (Flower's, which runs after every message the node pulled, wrapped to note the time for the
+busy window) and its ``pull_objects`` (the same function with the chosen first retry). All depend on Flower's
+source, so ``check_flower`` refuses to start unless the installed Flower is a version this was written against, and its
+module still has exactly those sleeps and names. Every other argument goes to ``flower-supernode`` unchanged::
+
+    bouquet supernode --busy-wait 0.05 --busy-window 10 --reply-wait 0.02 --object-retry 0.01 -- \\
+        --insecure --superlink 127.0.0.1:9092 --isolation process --port 9094
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import inspect
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import flwr
+import flwr.supernode.start_client_internal as flower_node
+from flwr.supercore.inflatable import inflatable_utils
+from flwr.supernode.cli.flower_supernode import flower_supernode
+
+#: Flower versions whose SuperNode module this patches (checked with ``check_flower``)
+SUPPORTED = ("1.42.0",)
+_IDLE, _REPLY = 3, 0.5  # Flower 1.42's fixed sleeps in start_client_internal.py
+_SLEEPS = {"time.sleep(3)": 1, "time.sleep(0.5)": 2}
+_WRAPPED = "__bouquet_wrapped__"
+
+
+@dataclass(frozen=True)
+class Waits:
+    """A SuperNode's waits in seconds; the defaults are Flower 1.42's."""
+
+    idle: float = 3.0
+    reply: float = 0.5
+    object_retry: float = 1.0
+    busy: float | None = None  # the wait within ``window`` seconds after a message (None: ``idle``)
+    window: float = 10.0
+
+    def args(self) -> list[str]:
+        """As ``bouquet supernode`` options."""
+        busy = [] if self.busy is None else ["--busy-wait", str(self.busy), "--busy-window", str(self.window)]
+        return ["--idle-wait", str(self.idle), *busy, "--reply-wait", str(self.reply), "--object-retry",
+                str(self.object_retry)]
+
+
+#: Flower's own waits
+FLOWER = Waits()
+#: short waits for a SuperNode beside a node worker (``LocalFederation(workers=True)``): 20 requests a second for
+#: 10 s after a message, Flower's 0.33 a second otherwise
+SHORT = Waits(idle=3.0, reply=0.02, object_retry=0.01, busy=0.05, window=10.0)
+
+
+class PacedTime:
+    """The ``time`` module, but ``sleep(3)`` sleeps ``idle`` seconds (``busy`` within ``window`` seconds after
+    ``handled()``) and ``sleep(0.5)`` sleeps ``reply`` seconds."""
+
+    def __init__(self, idle: float, reply: float, busy: float | None = None, window: float = 10.0):
+        self.idle, self.reply, self.busy, self.window = idle, reply, busy, window
+        self.last = -float("inf")  # time.monotonic() of the last message handled
+
+    def handled(self) -> None:
+        """A message was handled now: the next ``window`` seconds are busy."""
+        self.last = time.monotonic()
+
+    def idle_wait(self) -> float:
+        """The wait after finding no message, now."""
+        busy = self.busy is not None and time.monotonic() - self.last < self.window
+        return self.busy if busy else self.idle
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(self.idle_wait() if seconds == _IDLE else self.reply if seconds == _REPLY else seconds)
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def check_flower() -> None:
+    """Raise ``RuntimeError`` (one line) unless the installed Flower's SuperNode is the one ``apply`` patches."""
+    if flwr.__version__ not in SUPPORTED:
+        raise RuntimeError(f"bouquet supernode: error: Flower {flwr.__version__} is installed; its SuperNode waits are "
+                           f"patched for Flower {', '.join(SUPPORTED)} only (use flower-supernode)")
+    source = inspect.getsource(flower_node)
+    problems = [f"{call} {source.count(call)} times, not {n}" for call, n in _SLEEPS.items() if source.count(call) != n]
+    if source.count("time.sleep(") != sum(_SLEEPS.values()):
+        problems.append(f"{source.count('time.sleep(')} time.sleep calls")
+    if flower_node.time is not time and not isinstance(flower_node.time, PacedTime):
+        problems.append("its time is not the time module")
+    pull = getattr(flower_node, "pull_objects", None)
+    base = pull.func if isinstance(pull, functools.partial) else pull
+    if base is not inflatable_utils.pull_objects or "initial_backoff" not in inspect.signature(base).parameters:
+        problems.append("its pull_objects is not inflatable_utils.pull_objects(..., initial_backoff)")
+    push = getattr(flower_node, "_push_messages", None)
+    if not callable(push) or "object_store" not in inspect.signature(getattr(push, _WRAPPED, push)).parameters:
+        problems.append("it has no _push_messages(state, object_store, ...)")
+    if problems:
+        raise RuntimeError(f"bouquet supernode: error: flwr.supernode.start_client_internal is not what this patches "
+                           f"({'; '.join(problems)}); use flower-supernode")
+
+
+def apply(waits: Waits) -> None:
+    """Give this process's Flower SuperNode the ``waits`` (after ``check_flower``)."""
+    check_flower()
+    paced = PacedTime(waits.idle, waits.reply, waits.busy, waits.window)
+    flower_node.time = paced
+    push = getattr(flower_node._push_messages, _WRAPPED, flower_node._push_messages)
+
+    @functools.wraps(push)
+    def push_after_message(*args, **kwargs):
+        paced.handled()
+        return push(*args, **kwargs)
+
+    setattr(push_after_message, _WRAPPED, push)
+    flower_node._push_messages = push_after_message
+    flower_node.pull_objects = functools.partial(inflatable_utils.pull_objects, initial_backoff=waits.object_retry,
+                                                 backoff_cap=max(1.0, waits.object_retry))
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0 and <= 3600 seconds")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bouquet supernode", add_help=False, description="Flower's flower-supernode "
+                                "with its fixed waits as options; every other argument goes to flower-supernode.")
+    p.add_argument("--idle-wait", type=_seconds, default=FLOWER.idle, metavar="S", help="seconds before asking "
+                   "the SuperLink again after finding no message (Flower: 3; costs 1/S requests a second at idle)")
+    p.add_argument("--busy-wait", type=_seconds, metavar="S", help="seconds before asking again within the busy "
+                   "window after a message (default: the idle wait; costs 1/S requests a second in the window)")
+    p.add_argument("--busy-window", type=_seconds, default=10.0, metavar="S",
+                   help="seconds after a message during which --busy-wait applies (default 10)")
+    p.add_argument("--reply-wait", type=_seconds, default=FLOWER.reply, metavar="S",
+                   help="seconds between looks for the ClientApp's reply (Flower: 0.5)")
+    p.add_argument("--object-retry", type=_seconds, default=FLOWER.object_retry, metavar="S",
+                   help="first retry of a message object not on the SuperLink yet, doubling up to 1 s (Flower: 1)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bouquet supernode [--idle-wait S] [--reply-wait S] [--object-retry S] [--] FLOWER-SUPERNODE-ARGS``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    ours, rest = parser.parse_known_args(argv)
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
+    if "-h" in rest or "--help" in rest:
+        parser.print_help()
+        print()
+    waits = Waits(ours.idle_wait, ours.reply_wait, ours.object_retry, ours.busy_wait, ours.busy_window)
+    try:
+        apply(waits)
+    except RuntimeError as err:
+        print(err, file=sys.stderr)
+        return 2
+    busy = "" if waits.busy is None else f" ({waits.busy} s for {waits.window} s after a message)"
+    print(f"bouquet supernode: Flower {flwr.__version__} SuperNode, idle wait {waits.idle} s{busy}, reply wait "
+          f"{waits.reply} s, first object retry {waits.object_retry} s", file=sys.stderr, flush=True)
+    sys.argv = ["flower-supernode", *rest]
+    flower_supernode()
+    return 0
