@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from bouquet.app.config import load_experiment
+from bouquet.app.experiment import dataset_for_seed
 from bouquet.app.runner import run_one
-from bouquet.data import build_dataset
 from bouquet.engine.robust import RobustConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def main() -> None:
             continue
         accs, rejected, start = [], 0, time.perf_counter()
         for seed in seeds:
-            data = build_dataset(replace(exp.data, seed=exp.data.seed + seed))
+            data = dataset_for_seed(exp, seed)
             summary, _ = run_one(replace(exp, robust=robust), data, "fedavg", seed)
             accs.append(100 * summary["last"]["mean"])
             rejected += summary["rejected_updates"]

@@ -8,13 +8,12 @@ and the largest norm over layers of the server's A, B, B A and adaptor bias (no 
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 import torch
 
 from bouquet.app.config import load_experiment, with_run
+from bouquet.app.experiment import dataset_for_seed
 from bouquet.app.runner import simulator
-from bouquet.data import build_dataset
 
 
 def largest(params: dict, suffix: str) -> float:
@@ -35,7 +34,7 @@ def largest_product(params: dict) -> float:
 def main() -> None:
     cfg, seed, overrides = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
     exp = load_experiment(cfg, overrides)
-    data = build_dataset(replace(exp.data, seed=exp.data.seed + seed))
+    data = dataset_for_seed(exp, seed)
     sim, _ = simulator(with_run(exp, seeds=[seed]), data, "floral", seed)
     state = sim.init_state()
     for _ in range(exp.run.rounds):

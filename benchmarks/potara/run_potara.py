@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from bouquet.app.config import load_experiment, with_run
+from bouquet.app.experiment import dataset_for_seed
 from bouquet.app.runner import simulator
-from bouquet.data import build_dataset, carve_validation
+from bouquet.data import carve_validation
 from bouquet.engine.batching import SplitArrays
 from bouquet.engine.lambda_oracle import GRID, lambda_grid, merge_diagnostics
 from bouquet.files import atomic_write_json
@@ -102,7 +102,7 @@ def main() -> None:
                      "matched": sorted(matched), "methods": {}}
     jobs = [(n, exp) for n in names] + [(v, load_experiment(args.config, args.set + s)) for v, s in variants.items()]
     for seed in seeds:
-        data = build_dataset(replace(exp.data, seed=exp.data.seed + seed))
+        data = dataset_for_seed(exp, seed)
         train, held = carve_validation(data, VALIDATION, seed)
         val = SplitArrays.from_dataset(held, "test")
         for label, e in jobs:

@@ -265,9 +265,8 @@ def test_max_step_norm_engines_agree_and_a_tiny_cap_slows_training():
             torch.manual_seed(0)
             alg = floral(wrap(nn.Linear(10, 3), 2, 1), data.objective, lr=0.1, max_step_norm=cap)
             sim = Simulator(alg, data, RunSpec(rounds=2, clients_per_round=6, batch_size=3, vectorized=vectorized))
-            state0 = sim.init_state()
-            init = {k: v.clone() for k, v in state0.server["params"].items()}
-            state = state0
+            state = sim.init_state()
+            init = {k: v.clone() for k, v in state.server["params"].items()}
             for _ in range(2):
                 state, _ = sim.run_round(state)
             finals.append(state)

@@ -105,11 +105,15 @@ def _flag(value: Any) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("true", "1", "yes")
 
 
+# A job's cache key: what picks the experiment, then the settings ``settings`` reads (``_job`` splits them apart)
+_EXPERIMENT_KEYS = ("config", "experiment", "set", "algorithm", "seed")
+_SETTING_KEYS = ("out", "min-replies", "round-timeout", "node-wait", "packed")
+
+
 def _key(run_config: dict) -> tuple:
     """The cache key of a run config; a ``config`` file enters as its resolved path and modification time."""
     rc = with_defaults(run_config)
-    key = [str(rc[k]) for k in ("config", "experiment", "set", "algorithm", "seed", "out", "min-replies",
-                                "round-timeout", "node-wait", "packed")]
+    key = [str(rc[k]) for k in _EXPERIMENT_KEYS + _SETTING_KEYS]
     if key[0] and not key[1]:
         path = _find(key[0]).resolve()
         key[0] = f"{path}@{path.stat().st_mtime_ns}"
@@ -159,7 +163,7 @@ def _job(key: tuple, info: DatasetInfo, data: FederatedDataset | None = None,
          ids: tuple[int, ...] | None = None) -> FlowerJob:
     exp, name, seed = _experiment(key)
     alg, base = build_algorithm(exp, info, name, seed)
-    rc = dict(zip(("out", "min-replies", "round-timeout", "node-wait", "packed"), key[5:], strict=True))
+    rc = dict(zip(_SETTING_KEYS, key[len(_EXPERIMENT_KEYS):], strict=True))
     return FlowerJob(name=name, seed=seed, alg=alg, spec=exp.run.spec(), info=info, base_params=base,
                      robust=exp.robust, settings=settings(rc), data=data, ids=ids,
                      meta={"experiment": resolved_dict(exp), "name": exp.name})

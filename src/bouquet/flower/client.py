@@ -18,7 +18,7 @@ from ..engine.client_work import evaluate_client, is_finite_update, train_client
 from .discovery import query_content
 from .job import FlowerJob
 from .node_state import ContextStore, DirStore
-from .records import add_client, from_record, is_packed, match_global, pack, to_record, unflatten_state
+from .records import add_client, from_record, is_packed, match_global, to_record, to_wire, unflatten_state
 
 Store = ContextStore | DirStore
 
@@ -101,7 +101,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
     if "clients" not in cfg:
         return _stock_train(msg, context, job, store)
     payload = from_record(msg.content["arrays"])
-    wire = pack if is_packed(msg.content["arrays"]) else to_record  # reply in the layout the server sent
+    packed = is_packed(msg.content["arrays"])  # reply in the layout the server sent
     rnd = int(cfg["server-round"])
     keep_from = int(cfg.get("checkpoint-round", rnd - 1))
     uploads: dict[str, torch.Tensor] = {}
@@ -114,7 +114,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
         metrics[f"c{cid}/num-examples"] = n
         total += n
     metrics["num-examples"] = total
-    return Message(RecordDict({"arrays": wire(uploads), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": to_wire(uploads, packed), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:

@@ -62,6 +62,11 @@ def pack(tensors: Mapping[str, Tensor]) -> ArrayRecord:
     return ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)})
 
 
+def to_wire(tensors: Mapping[str, Tensor], packed: bool) -> ArrayRecord:
+    """``tensors`` in the packed layout (``pack``) or Flower's plain one (``to_record``)."""
+    return pack(tensors) if packed else to_record(tensors)
+
+
 def is_packed(record: ArrayRecord) -> bool:
     """Whether ``record`` is in the packed layout (``pack``)."""
     return len(record) == 1 and PACKED in record and record[PACKED].stype == PACKED

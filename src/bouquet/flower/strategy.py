@@ -28,7 +28,7 @@ from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
 from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
-from .records import flatten_state, from_record, pack, split_clients, to_record
+from .records import flatten_state, from_record, split_clients, to_record, to_wire
 
 log = logging.getLogger("bouquet.flower")
 __all__ = ["BouquetStrategy", "NodeDiscoveryError"]
@@ -90,10 +90,6 @@ class BouquetStrategy(Strategy):
                                     "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
                         message_type=kind) for node, cs in by_node.items()]
 
-    def _wire(self, tensors: dict[str, torch.Tensor]) -> ArrayRecord:
-        """Tensors for bouquet's nodes: packed (one Array; they reply in the same layout) unless turned off."""
-        return pack(tensors) if self.job.settings.packed else to_record(tensors)
-
     # -- training ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
@@ -109,8 +105,8 @@ class BouquetStrategy(Strategy):
         cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation(),
                "checkpoint-round": self.checkpointed if self.checkpointed >= 0 else server_round - 1}
         # bouquet's nodes get the payload packed (one Array); stock Flower ClientApps Flower's plain `arrays`
-        return self._messages(ids.tolist(), {"arrays": self._wire(payload)}, cfg, MessageType.TRAIN,
-                              {"arrays": to_record(payload)})
+        return self._messages(ids.tolist(), {"arrays": to_wire(payload, self.job.settings.packed)}, cfg,
+                              MessageType.TRAIN, {"arrays": to_record(payload)})
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -192,7 +188,7 @@ class BouquetStrategy(Strategy):
         if not self.job.spec.is_eval_round(server_round):
             return []
         tensors, other = flatten_state(self.state.server)
-        content = {"arrays": self._wire(tensors), "server": ConfigRecord(other)}
+        content = {"arrays": to_wire(tensors, self.job.settings.packed), "server": ConfigRecord(other)}
         cfg = {**dict(config), "server-round": server_round, **self._federation()}
         stock = {"arrays": to_record(self.job.alg.broadcast(self.state.server))}  # the plain global model
         return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)
