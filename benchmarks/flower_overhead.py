@@ -73,6 +73,8 @@ FAST = "Flower deployment + workers, Flower's polling waits shortened (diagnosti
 PACKED = "Flower deployment + workers, packed records"
 SHORT_WAITS = "Flower deployment + workers, bouquet supernode short waits"
 BOTH = "Flower deployment + workers, packed records + bouquet supernode short waits"
+SIM_LOOP = "Flower simulation (Ray, 10 SuperNodes), Flower's loop (train, then evaluate)"
+BOTH_LOOP = BOTH + ", Flower's loop (train, then evaluate)"
 
 
 def experiment(rounds: int):
@@ -113,11 +115,11 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
 
 
 def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
-                   fast_polls: bool = False, packed: bool = True,
-                   short_waits: bool = False) -> tuple[list[float], float, list[dict], list]:
+                   fast_polls: bool = False, packed: bool = True, short_waits: bool = False,
+                   fold: bool = True) -> tuple[list[float], float, list[dict], list]:
     """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
     run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0,
-                  "packed": packed}
+                  "packed": packed, "fold-evaluation": fold}
     saved = dict(os.environ)
     if fast_polls:  # the child processes import FAST_POLLS/sitecustomize.py
         os.environ["PYTHONPATH"] = os.pathsep.join([str(FAST_POLLS), os.environ.get("PYTHONPATH", "")])
@@ -161,21 +163,28 @@ def main() -> None:
     p.add_argument("--json", help="also write the numbers to this file")
     p.add_argument("--only-workers", action="store_true", help="leave out the two process-per-message "
                    "deployment rows (minutes each)")
+    p.add_argument("--only-defaults", action="store_true", help="of the worker rows, only bouquet's defaults "
+                   "(packed, short waits) with and without folded evaluation")
     args = p.parse_args()
     torch.set_num_threads(1)
     exp = experiment(args.rounds)
     rows, scores, tasks = {}, {}, {}
     rows["local, sequential"] = (local_seconds(exp, False), None)
     rows["local, vectorized"] = (local_seconds(exp, True), None)
-    flower_rows = [(SIM, dict(simulation=True, supernodes=10))]
+    old = dict(fold=False)  # the rows as first measured: Flower's loop, two exchanges per round
+    flower_rows = [(SIM, dict(simulation=True, supernodes=10)), (SIM_LOOP, dict(simulation=True, supernodes=10,
+                                                                                **old))]
     if not args.only_workers:
-        flower_rows += [("Flower deployment (3 SuperNodes)", dict(simulation=False, supernodes=3, packed=False)),
+        flower_rows += [("Flower deployment (3 SuperNodes)", dict(simulation=False, supernodes=3, packed=False, **old)),
                         ("Flower deployment (3 SuperNodes, own data dirs)",
-                         dict(simulation=False, supernodes=3, node_data=True, packed=False))]
+                         dict(simulation=False, supernodes=3, node_data=True, packed=False, **old))]
     dep = dict(simulation=False, supernodes=3, node_data=True, workers=True)
-    flower_rows += [(WORKERS, dict(dep, packed=False)), (FAST, dict(dep, packed=False, fast_polls=True)),
-                    (PACKED, dep), (SHORT_WAITS, dict(dep, packed=False, short_waits=True)),
-                    (BOTH, dict(dep, short_waits=True)), (SIM_AGAIN, dict(simulation=True, supernodes=10))]
+    if not args.only_defaults:
+        flower_rows += [(WORKERS, dict(dep, packed=False, **old)),
+                        (FAST, dict(dep, packed=False, fast_polls=True, **old)), (PACKED, dict(dep, **old)),
+                        (SHORT_WAITS, dict(dep, packed=False, short_waits=True, **old))]
+    flower_rows += [(BOTH_LOOP, dict(dep, short_waits=True, **old)), (BOTH, dict(dep, short_waits=True)),
+                    (SIM_AGAIN, dict(simulation=True, supernodes=10))]
     loads = {"start": os.getloadavg()}
     for name, kw in flower_rows:
         secs, wall, records, tasks[name] = flower_seconds(exp, **kw)
@@ -199,10 +208,16 @@ def main() -> None:
         out[name] = {"seconds_per_round": secs, "median": med, "wall": wall}
         print(f"{name:78s} {med:15.3f} {med / base:12.1f} {'' if wall is None else f'{wall:.1f}':>24s}")
     sim_med, sim_again = out[SIM]["median"], out[SIM_AGAIN]["median"]
+    sim_loop = out[SIM_LOOP]["median"]
     for name in rows:
         if name.startswith("Flower deployment"):
-            print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round "
-                  f"({out[name]['median'] / sim_again:.1f}x its second measurement)")
+            if name.endswith("(train, then evaluate)") or name in (WORKERS, FAST, PACKED, SHORT_WAITS) \
+                    or "3 SuperNodes)" in name or "own data dirs)" in name:
+                print(f"{name}: {out[name]['median'] / sim_loop:.1f}x the simulation runtime's s/round with "
+                      f"Flower's loop")
+            else:
+                print(f"{name}: {out[name]['median'] / sim_med:.1f}x the simulation runtime's s/round, folded "
+                      f"({out[name]['median'] / sim_again:.1f}x its second measurement)")
     for name, got in tasks.items():
         if got:
             med = {k: statistics.median(t[i] for t in got) for i, k in enumerate(("pull", "app", "push"), 1)}

@@ -60,6 +60,7 @@ class LoopbackGrid(Grid):
                  tamper: Callable[[Message], None] | None = None, node_configs: list[dict] | None = None):
         self.app, self.fail, self.tamper = client_app, fail, tamper
         self.last_round: dict[int, int] = {}  # node -> server-round of the last message it was sent
+        self.last_eval: dict[int, int | None] = {}  # node -> the round that message asked it to evaluate
         # Flower stamps messages with the process's task identity (set by the real runtimes)
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
         self.contexts = {
@@ -96,6 +97,10 @@ class LoopbackGrid(Grid):
             cfg = msg.content.get("config")
             if cfg is not None and "server-round" in cfg:
                 self.last_round[node] = int(cfg["server-round"])
+                # the round whose evaluation the message asks for (a folded one rides on a train message)
+                evaluated = cfg.get("eval:round", cfg["server-round"] if msg.metadata.message_type == "evaluate"
+                                    else None)
+                self.last_eval[node] = None if evaluated is None else int(evaluated)
             if self.fail is not None and self.fail(node, msg):
                 continue
             try:

@@ -23,8 +23,9 @@ from bouquet.flower.strategy import BouquetStrategy, NodeDiscoveryError
 FLORAL = "floral" if "floral" in ALGORITHMS else "local_adaptor"
 
 
-def run_flower(algorithm: str, num_nodes: int = 3, **grid_options):
-    rc = {"experiment": SMALL, "algorithm": algorithm, "seed": 0, "min-replies": grid_options.pop("min_replies", 1)}
+def run_flower(algorithm: str, num_nodes: int = 3, fold: bool = True, **grid_options):
+    rc = {"experiment": SMALL, "algorithm": algorithm, "seed": 0, "min-replies": grid_options.pop("min_replies", 1),
+          "fold-evaluation": fold}
     grid = LoopbackGrid(client_app, rc, num_nodes, **grid_options)
     strategy = BouquetStrategy(load_job(rc))
     result = strategy.start(grid)
@@ -38,9 +39,10 @@ def run_local(algorithm: str):
     return run_one(with_run(exp, seeds=[0]), data, algorithm, 0)[1]
 
 
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "flowers-loop"])
 @pytest.mark.parametrize("algorithm", ["fedavg", "local", FLORAL, "fedavg_ft"])
-def test_same_metrics_as_local_sequential_engine(algorithm):
-    _, flower, _ = run_flower(algorithm)
+def test_same_metrics_as_local_sequential_engine(algorithm, fold):
+    _, flower, _ = run_flower(algorithm, fold=fold)
     local = run_local(algorithm)
     assert len(flower) == len(local) == 3
     for f, lo in zip(flower, local, strict=True):
@@ -108,15 +110,18 @@ def test_missing_and_unexpected_keys_are_rejected():
     assert reasons[0].startswith("missing keys") and reasons[1].startswith("unexpected keys")
 
 
-def test_failed_node_is_counted_and_the_round_continues():
-    def fail(node, msg):
+@pytest.mark.parametrize("fold", [True, False], ids=["folded", "flowers-loop"])
+def test_failed_node_is_counted_and_the_round_continues(fold):
+    def fail(node, msg):  # node 101 is down for the messages of server round 2
         cfg = msg.content["config"]
         return node == 101 and "server-round" in cfg and cfg["server-round"] == 2
 
-    _, records, _ = run_flower("fedavg", fail=fail)
+    _, records, _ = run_flower("fedavg", fold=fold, fail=fail)
     failed = records[1]["failed"]
     assert failed and all(c % 3 == 1 for c in failed)  # clients of partition 1
-    assert records[1]["eval"]["missing"] == [1, 4]
+    # folded, round 2's train message carried round 1's evaluation; Flower's loop evaluates round 2 in round 2
+    lost, kept = (0, 1) if fold else (1, 0)
+    assert records[lost]["eval"]["missing"] == [1, 4] and "missing" not in records[kept]["eval"]
     assert math.isfinite(records[1]["train_loss"]) and "failed" not in records[2]
 
 

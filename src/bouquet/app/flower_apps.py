@@ -175,6 +175,7 @@ def main(grid: Grid, context: Context) -> None:
             strategy.checkpointed = rec["round"]
 
     strategy = BouquetStrategy(job, on_round=on_round, nodes=nodes)
+    strategy.checkpoint_every = every if ckpt is not None else 0  # a checkpoint round's record closes at once
     if snap is not None:
         strategy.restore(snap)
         log.info("bouquet: resuming %s after round %d (%s)", tag, strategy.offset, ckpt.dir if ckpt else "")

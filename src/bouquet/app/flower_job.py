@@ -23,6 +23,8 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     node-wait    seconds the server waits for SuperNodes to connect before the first round
     packed       true: tensors travel to and from bouquet's ClientApps packed, one Array per message
                  (``flower.records.pack``); false: one Array per tensor, Flower's layout (stock apps always get it)
+    fold-evaluation  true: round N's evaluation travels with round N + 1's train messages to bouquet's nodes (one
+                 exchange per round, the same records); false: Flower's ``Strategy.start`` loop (train, then evaluate)
     checkpoint-dir  where the ServerApp saves its state every ``run.checkpoint_every`` rounds and resumes from
     node-state-dir  where nodes without a ``state-dir`` node config keep their clients' states (per partition)
     run-id       names the run for checkpoints and node states (kept by ``bouquet run --resume``; "": Flower's)
@@ -62,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     "round-timeout": 600.0,
     "node-wait": 120.0,
     "packed": True,
+    "fold-evaluation": True,
     "checkpoint-dir": "",
     "node-state-dir": "",
     "run-id": "",
@@ -97,7 +100,7 @@ def settings(run_config: dict) -> FlowerSettings:
     rc = with_defaults(run_config)
     return FlowerSettings(out=str(rc["out"]), min_replies=int(rc["min-replies"]),
                           round_timeout=float(rc["round-timeout"]), node_wait=float(rc["node-wait"]),
-                          packed=_flag(rc["packed"]))
+                          packed=_flag(rc["packed"]), fold_evaluation=_flag(rc["fold-evaluation"]))
 
 
 def _flag(value: Any) -> bool:
@@ -107,7 +110,7 @@ def _flag(value: Any) -> bool:
 
 # A job's cache key: what picks the experiment, then the settings ``settings`` reads (``_job`` splits them apart)
 _EXPERIMENT_KEYS = ("config", "experiment", "set", "algorithm", "seed")
-_SETTING_KEYS = ("out", "min-replies", "round-timeout", "node-wait", "packed")
+_SETTING_KEYS = ("out", "min-replies", "round-timeout", "node-wait", "packed", "fold-evaluation")
 
 
 def _key(run_config: dict) -> tuple:

@@ -18,7 +18,16 @@ from ..engine.client_work import evaluate_client, is_finite_update, train_client
 from .discovery import query_content
 from .job import FlowerJob
 from .node_state import ContextStore, DirStore
-from .records import add_client, from_record, is_packed, match_global, to_record, to_wire, unflatten_state
+from .records import (
+    EVAL,
+    add_client,
+    from_record,
+    is_packed,
+    match_global,
+    to_record,
+    to_wire,
+    unflatten_state,
+)
 
 Store = ContextStore | DirStore
 
@@ -100,12 +109,19 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
     cfg = msg.content["config"]
     if "clients" not in cfg:
         return _stock_train(msg, context, job, store)
-    payload = from_record(msg.content["arrays"])
+    incoming = from_record(msg.content["arrays"])
+    payload = {k: v for k, v in incoming.items() if not k.startswith(EVAL)}
     packed = is_packed(msg.content["arrays"])  # reply in the layout the server sent
+    metrics: dict[str, float | int] = {}
+    if EVAL + "round" in cfg:  # the previous round's evaluation first (its states: the versions before this round)
+        other = EVAL + "server/"  # the server state's values that are not tensors
+        server = unflatten_state({k[len(EVAL):]: v for k, v in incoming.items() if k.startswith(EVAL)},
+                                 {k[len(other):]: v for k, v in cfg.items() if k.startswith(other)})
+        scores = _evaluate_clients(store, job, server, int(cfg[EVAL + "round"]), list(cfg[EVAL + "clients"]))
+        metrics.update({EVAL + k: v for k, v in scores.items()})
     rnd = int(cfg["server-round"])
     keep_from = int(cfg.get("checkpoint-round", rnd - 1))
     uploads: dict[str, torch.Tensor] = {}
-    metrics: dict[str, float | int] = {}
     total = 0
     for cid in list(cfg["clients"]):
         upload, loss, n = _train_one(store, job, cid, payload, rnd, keep_from)
@@ -131,14 +147,21 @@ def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store 
                                                             "num-examples": n})}), reply_to=msg)
     other = msg.content.get("server")
     server = unflatten_state(from_record(msg.content["arrays"]), dict(other) if isinstance(other, ConfigRecord) else {})
-    rnd = int(cfg["server-round"])
+    scores = _evaluate_clients(store, job, server, int(cfg["server-round"]), list(cfg["clients"]))
+    return Message(RecordDict({"metrics": MetricRecord(scores)}), reply_to=msg)
+
+
+def _evaluate_clients(store: Store, job: FlowerJob, server: dict, rnd: int,
+                      clients: list[int]) -> dict[str, float | int]:
+    """``c<id>/score``, ``/loss`` and ``/num-examples`` of each client's personalized model after round ``rnd``
+    (the server state is kept for ``bouquet export``)."""
     store.put_server(rnd, server)
     metrics: dict[str, float | int] = {}
-    for cid in list(cfg["clients"]):
+    for cid in clients:
         train, test = job.client_rows(cid)
         score, loss, n = evaluate_client(job.alg, job.spec, job.seed, train, test, server,
                                          _private(store, job, cid, rnd + 1)[0], cid, rnd)
         metrics[f"c{cid}/score"] = score
         metrics[f"c{cid}/loss"] = loss
         metrics[f"c{cid}/num-examples"] = n
-    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    return metrics

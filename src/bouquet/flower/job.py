@@ -31,6 +31,8 @@ class FlowerSettings:
     round_timeout: float = 600.0
     node_wait: float = 120.0
     packed: bool = True  # tensors to bouquet's nodes in one Array per message (records.pack); False: Flower's layout
+    #: each evaluation rides on the next round's train messages (one exchange per round); False: Flower's loop
+    fold_evaluation: bool = True
 
 
 @dataclass(eq=False)

@@ -33,6 +33,10 @@ SEP = "/"
 #: the one key and the ``stype`` of a packed record's ``Array``
 PACKED = "bouquet.packed"
 FORMAT = "bouquet.packed/1"
+#: prefix of a train message's entries that carry the previous round's evaluation (``fold-evaluation``): the
+#: flattened server state's tensors in ``arrays`` and its other values in ``config``; the scores in the reply's
+#: ``metrics``. Inside the existing records, so folding adds no object to a message.
+EVAL = "eval:"
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.uint8,
     torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)}

@@ -28,7 +28,14 @@ from ..engine.summary import RunLog, metric_name, param_counts
 from ..engine.validation import example_batch, upload_problem, upload_spec
 from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
-from .records import flatten_state, from_record, split_clients, to_record, to_wire
+from .records import (
+    EVAL,
+    flatten_state,
+    from_record,
+    split_clients,
+    to_record,
+    to_wire,
+)
 
 log = logging.getLogger("bouquet.flower")
 __all__ = ["BouquetStrategy", "NodeDiscoveryError"]
@@ -55,8 +62,10 @@ class BouquetStrategy(Strategy):
         self.received_keys: set[str] = set()
         self.offset = 0  # rounds done before this ServerApp started (a resumed run)
         self.checkpointed = -1  # round of the last server checkpoint (-1: none; nodes keep one state version)
+        #: rounds whose records must close at once (the ServerApp checkpoints after them): not folded; 0: none
+        self.checkpoint_every = 0
         self._round: dict = {}
-        self._sent: dict[int, list[int]] = {}  # node -> the clients its last message named
+        self._sent: dict[str, dict[int, list[int]]] = {}  # message type -> node -> the clients its last one named
 
     # -- nodes ---------------------------------------------------------------------------------
     def discover(self, grid: Grid) -> dict[int, int]:
@@ -85,7 +94,7 @@ class BouquetStrategy(Strategy):
         by_node: dict[int, list[int]] = {}
         for cid in clients:
             by_node.setdefault(self.node_of[cid], []).append(cid)
-        self._sent = by_node
+        self._sent[kind] = by_node
         return [Message(RecordDict({**(stock if stock is not None and node in self.nodes.stock else content),
                                     "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
                         message_type=kind) for node, cs in by_node.items()]
@@ -166,7 +175,7 @@ class BouquetStrategy(Strategy):
                 self.received_keys.update(up)
             # a client answered when its loss is reported (an empty upload is valid: Local sends nothing)
             answered = {int(k[1:-5]) for k in metrics if k.endswith("/loss") and k[1:-5].isdigit()}
-            sent = self._sent.get(node, [])
+            sent = self._sent.get(MessageType.TRAIN, {}).get(node, [])
             if not answered and len(sent) == 1 and set(per_client) <= {-1}:  # Flower's convention, one client
                 cid = sent[0]
                 per_client = {cid: per_client.get(-1, {})}
@@ -187,30 +196,35 @@ class BouquetStrategy(Strategy):
         server_round += self.offset  # a resumed run goes on with its own round numbers
         if not self.job.spec.is_eval_round(server_round):
             return []
-        tensors, other = flatten_state(self.state.server)
-        content = {"arrays": to_wire(tensors, self.job.settings.packed), "server": ConfigRecord(other)}
+        content, stock = self._eval_content()
         cfg = {**dict(config), "server-round": server_round, **self._federation()}
-        stock = {"arrays": to_record(self.job.alg.broadcast(self.state.server))}  # the plain global model
         return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)
+
+    def _eval_content(self) -> tuple[dict, dict]:
+        """What an evaluation needs, for bouquet's nodes (the flattened server state) and for stock ones."""
+        tensors, other = flatten_state(self.state.server)
+        return ({"arrays": to_wire(tensors, self.job.settings.packed), "server": ConfigRecord(other)},
+                {"arrays": to_record(self.job.alg.broadcast(self.state.server))})  # stock: the plain global model
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """``summarize`` over every client that answered (the others are ``missing``); closes the round."""
         server_round += self.offset  # a resumed run goes on with its own round numbers
-        record = self._round.pop("record")
-        out = None
-        if self.job.spec.is_eval_round(server_round):
-            ev = self._scores(server_round, replies)
-            if ev is not None:
-                record["eval"] = {"metric": self.log.metric, **ev}
-                out = MetricRecord({"mean": ev["mean"], "std": ev["std"], "loss": ev["loss"]})
-        record = {"algorithm": self.job.name, "seed": self.job.seed, **record,
-                  "seconds": time.perf_counter() - self._round["start"]}
+        ev = self._scores(server_round, replies) if self.job.spec.is_eval_round(server_round) else None
+        self._close(self._round, ev, time.perf_counter() - self._round["start"])
+        return None if ev is None else _eval_metrics(ev)
+
+    def _close(self, rnd: dict, ev: dict | None, seconds: float) -> None:
+        """The round record of ``rnd`` (a ``_round`` dict) with its evaluation: logged, then ``on_round``."""
+        record = rnd.pop("record")
+        if ev is not None:
+            record["eval"] = {"metric": self.log.metric, **ev}
+        record = {"algorithm": self.job.name, "seed": self.job.seed, **record, "seconds": seconds}
         self.log.add(record)
         if self.on_round is not None:
             self.on_round(record)
-        return out
 
     def _scores(self, server_round: int, replies: Iterable[Message]) -> dict | None:
+        """Every client's score from evaluation replies (and the evaluations folded into train replies)."""
         num = self.job.num_clients
         score, loss = torch.zeros(num, dtype=torch.float64), torch.zeros(num, dtype=torch.float64)
         n, seen = torch.zeros(num, dtype=torch.long), set()
@@ -219,10 +233,13 @@ class BouquetStrategy(Strategy):
                 log.warning("bouquet: round %d: evaluation error from node %s: %s", server_round,
                             rep.metadata.src_node_id, rep.error.reason)
                 continue
-            m = dict(rep.content["metrics"])
+            m = dict(rep.content["metrics"]) if "metrics" in rep.content else {}
             self.received_keys.update(f"metrics:{k}" for k in m)
-            sent = self._sent.get(rep.metadata.src_node_id, [])
-            if len(sent) == 1 and f"c{sent[0]}/score" not in m:  # Flower's convention (quickstart keys)
+            folded = rep.metadata.message_type == MessageType.TRAIN
+            if folded:  # a train reply's scores of the previous round
+                m = {k[len(EVAL):]: v for k, v in m.items() if k.startswith(EVAL)}
+            sent = self._sent.get(MessageType.EVALUATE, {}).get(rep.metadata.src_node_id, [])
+            if not folded and len(sent) == 1 and f"c{sent[0]}/score" not in m:  # Flower's convention
                 s = next((m[k] for k in ("eval_score", "eval_acc", "eval_mse", "accuracy") if k in m), None)
                 if s is not None and "num-examples" in m:
                     c = sent[0]
@@ -243,6 +260,68 @@ class BouquetStrategy(Strategy):
             ev["missing"] = missing
         return ev
 
+    # -- evaluation folded into the next round's train messages ---------------------------------
+    def _fold(self, messages: list[Message], server_round: int) -> list[Message]:
+        """Add round ``server_round``'s evaluation to the train ``messages`` of bouquet's nodes (inside their
+        ``arrays`` and ``config``: no extra object); the evaluation messages the other nodes (not sampled, or
+        stock Flower ClientApps) still need."""
+        content, stock = self._eval_content()
+        tensors, other = flatten_state(self.state.server)
+        arrays = to_wire({**self._round["payload"], **{EVAL + k: v for k, v in tensors.items()}},
+                         self.job.settings.packed)
+        folded: set[int] = set()
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            if node in self.nodes.stock:
+                continue
+            cfg = msg.content["config"]
+            cfg.update({EVAL + "round": server_round, **{f"{EVAL}server/{k}": v for k, v in other.items()},
+                        EVAL + "clients": [c for c in range(self.job.num_clients) if self.node_of[c] == node]})
+            msg.content["arrays"] = arrays
+            folded.add(node)
+        rest = [c for c in range(self.job.num_clients) if self.node_of[c] not in folded]
+        cfg = {"server-round": server_round, **self._federation()}
+        self._sent[MessageType.EVALUATE] = {}
+        return self._messages(rest, content, cfg, MessageType.EVALUATE, stock) if rest else []
+
+    def _start_folded(self, grid: Grid, rounds: int, timeout: float) -> Result:
+        """The rounds with each evaluation sent with the next round's train messages: one exchange per round
+        where Flower's ``start`` has two. The records are the same; round N's closes in round N + 1."""
+        result, pending = Result(), None  # pending: the previous round, when its evaluation is still to come
+        for current in range(1, rounds + 1):
+            train = list(self.configure_train(current, ArrayRecord(), ConfigRecord(), grid))
+            evals = self._fold(train, pending["round"]) if pending is not None else []
+            folded = {m.metadata.dst_node_id for m in train if m.metadata.dst_node_id not in self.nodes.stock}
+            replies = list(grid.send_and_receive(train + evals, timeout=timeout))
+            if pending is not None:
+                ev = self._scores(pending["round"], [r for r in replies if r.has_error() or r.metadata.message_type
+                                                     == MessageType.EVALUATE or r.metadata.src_node_id in folded])
+                self._close(pending, ev, self._round["start"] - pending["start"])
+                if ev is not None:
+                    result.evaluate_metrics_clientapp[pending["round"]] = _eval_metrics(ev)
+            trained = [r for r in replies if r.metadata.message_type == MessageType.TRAIN]
+            result.arrays, result.train_metrics_clientapp[current] = self.aggregate_train(current, trained)
+            pending, server_round = self._round, current + self.offset
+            pending["round"] = server_round
+            if not self.job.spec.is_eval_round(server_round):
+                self._close(pending, None, time.perf_counter() - pending["start"])
+                pending = None
+            elif self.checkpoint_every and server_round % self.checkpoint_every == 0:
+                self._evaluate_now(grid, pending, timeout, result)  # the checkpoint holds the closed record
+                pending = None
+        if pending is not None:  # the last evaluation has no train message to ride on
+            self._evaluate_now(grid, pending, timeout, result)
+        return result
+
+    def _evaluate_now(self, grid: Grid, pending: dict, timeout: float, result: Result) -> None:
+        """Round ``pending``'s evaluation in an exchange of its own, as Flower's loop does; closes its record."""
+        self._round, rnd = pending, pending["round"] - self.offset
+        replies = grid.send_and_receive(self.configure_evaluate(rnd, ArrayRecord(), ConfigRecord(), grid),
+                                        timeout=timeout)
+        out = self.aggregate_evaluate(rnd, replies)
+        if out is not None:
+            result.evaluate_metrics_clientapp[pending["round"]] = out
+
     # -- the run -------------------------------------------------------------------------------
     def summary(self) -> None:
         log.info("bouquet: %s seed %d, %d clients, %d per round", self.job.name, self.job.seed,
@@ -257,6 +336,8 @@ class BouquetStrategy(Strategy):
             self._set_initial(from_record(initial_arrays))
         arrays = to_record(self.job.alg.broadcast(self.state.server))
         remaining = (num_rounds or self.job.spec.rounds) - self.offset
+        if self.job.settings.fold_evaluation and evaluate_fn is None:
+            return self._start_folded(grid, remaining, timeout or self.job.settings.round_timeout)
         return super().start(grid, arrays, remaining, timeout or self.job.settings.round_timeout, train_config,
                              evaluate_config, evaluate_fn)
 
@@ -279,3 +360,8 @@ class BouquetStrategy(Strategy):
         if set(params) != set(current) or any(params[k].shape != v.shape for k, v in current.items()):
             raise ValueError(f"initial_arrays: expected the global parameters {sorted(current)} with their shapes")
         self.state.server = {**self.state.server, "params": {k: v.to(current[k].dtype) for k, v in params.items()}}
+
+
+def _eval_metrics(ev: dict) -> MetricRecord:
+    """The evaluation summary Flower's ``Result`` keeps."""
+    return MetricRecord({"mean": ev["mean"], "std": ev["std"], "loss": ev["loss"]})
