@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from bouquet.app.config import parse_experiment
+from bouquet.app.experiment import build_algorithm, dataset_for_seed
 from bouquet.app.runner import simulator
 from bouquet.models import build_model
-from bouquet.models.hf import ModelPathError, linear_module_names
+from bouquet.models.hf import ModelPathError, linear_module_names, load_base
 from hfkit import lm_experiment, token_data
 
 transformers = pytest.importorskip("transformers")
@@ -140,3 +141,26 @@ def test_classifier_padding_is_masked(attention, tiny_bert_dir):
     padded = torch.cat([x, torch.full((2, 3), -1)], dim=1)
     with torch.no_grad():
         assert torch.allclose(model(padded), model(x), atol=1e-5)
+
+
+def test_adaptor_init_does_not_depend_on_an_earlier_load_in_the_process():
+    """Loading the (cached) transformers model leaves the global RNG alone: the adaptors a seed draws are the
+    same for the first algorithm of a process and for later ones (another method, or a Flower server and node
+    in one process), and differ between seeds."""
+
+    exp = parse_experiment({"name": "rng", "algorithms": ["fedit"],
+                            "data": {"name": "text_tasks", "num_clients": 2, "num_clusters": 2, "tokenizer": "bundled",
+                                     "max_tokens": 8, "train_per_client": 4, "test_per_client": 2},
+                            "model": {"name": "hf", "head": "sequence_classification"},
+                            "run": {"rounds": 1, "clients_per_round": 2, "batch_size": 2}, "train": {"lr": 0.1}})
+    info = dataset_for_seed(exp, 0).info()
+
+    def first_a(seed: int) -> torch.Tensor:
+        alg, _ = build_algorithm(exp, info, "fedit", seed)
+        params = alg.init(torch.Generator().manual_seed(seed), info.clusters)[0]["params"]
+        return next(v for k, v in sorted(params.items()) if k.endswith("lora_A")).clone()
+
+    load_base.cache_clear()  # the first load of this process
+    first = first_a(3)
+    assert torch.equal(first_a(3), first)  # the model is now cached: the same adaptors
+    assert not torch.equal(first_a(4), first)

@@ -122,8 +122,12 @@ def load_base(ckpt: Checkpoint, head: str, num_labels: int | None = None, attent
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized: classifier" is expected for a fresh head
     try:
-        torch.manual_seed(0)  # a fresh classification head is the same in every process
-        model = factory.from_pretrained(ckpt.directory, local_files_only=True, dtype=torch.float32, **kw)
+        with torch.random.fork_rng(devices=[]):
+            # A fresh classification head is drawn from seed 0, the same in every process; the caller's global RNG
+            # is left as it was, so what is drawn after a load (the adaptors) does not depend on whether this
+            # process had loaded the model before (another algorithm, seed or Flower job: the load is cached).
+            torch.manual_seed(0)
+            model = factory.from_pretrained(ckpt.directory, local_files_only=True, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
         raise ModelPathError(f"model.path: {ckpt.display} could not be loaded as a {head} checkpoint ({e})") from e
     finally:
