@@ -29,7 +29,7 @@ from .compare import write_compare
 from .config import load_experiment
 from .config_reference import render_markdown
 from .experiment import dataset_for_seed
-from .export import export_run
+from .export import export_node, export_run
 from .report import results_table
 from .report_html import write_report
 from .rundir import parse_allowed
@@ -79,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
                     "(default: runs/<name>-sweep-<time>)")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")
     exp = sub.add_parser("export", help="one client's personalized model as a peft adapter directory")
-    exp.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by 'bouquet run' (Hugging Face model)")
+    exp.add_argument("run_dir", metavar="RUN_DIR", nargs="?",
+                     help="a directory written by 'bouquet run' (Hugging Face model)")
+    exp.add_argument("--node-state", metavar="DIR", help="instead of RUN_DIR: a SuperNode's state directory "
+                     "(its state-dir node config); the model is rebuilt on the node, with --config")
+    exp.add_argument("--config", metavar="EXP", help="with --node-state: the experiment TOML of the run")
+    exp.add_argument("--data-dir", metavar="DIR", help="with --node-state: the node's data directory, if it has one")
+    exp.add_argument("--run", metavar="NAME", help="with --node-state: which run of the state directory")
     exp.add_argument("--client", type=int, required=True, help="client id (0..K-1)")
     exp.add_argument("--algorithm", help="which of the run's algorithms (needed when it ran several)")
     exp.add_argument("--seed", type=int, help="which of the run's seeds (needed when it ran several)")
@@ -187,7 +193,15 @@ def _cmd_config_reference(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    out = export_run(args.run_dir, args.client, args.out, algorithm=args.algorithm, seed=args.seed)
+    if (args.run_dir is None) == (args.node_state is None):
+        raise ConfigError("export: give RUN_DIR or --node-state DIR (one of them)")
+    if args.node_state is not None:
+        if args.config is None:
+            raise ConfigError("--config: --node-state needs the run's experiment TOML")
+        out = export_node(args.node_state, args.config, args.client, args.out, algorithm=args.algorithm,
+                          seed=args.seed, data_dir=args.data_dir, run=args.run)
+    else:
+        out = export_run(args.run_dir, args.client, args.out, algorithm=args.algorithm, seed=args.seed)
     print(f"peft adapter: {out}")
     return 0
 

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..checks import ConfigError
+from ..flower.job import FlowerJob
 from ..flower.node_state import DirStore
 from ..flower.records import flatten_state
 from .flower_job import experiment_of, load_job, node_dir, node_job
@@ -48,9 +49,10 @@ def _clients(store: DirStore) -> set[int]:
     return {int(p.name[1:].split("-")[0]) for p in store.dir.glob("c*-r*.ckpt")}
 
 
-def node_personalized(run_config: dict, state_dir: str | Path, cid: int, data_dir: str | None = None,
-                      run: str | None = None) -> dict[str, Tensor]:
-    """Client ``cid``'s personalized parameters (flat names), rebuilt on the node from its state directory.
+def node_model(run_config: dict, state_dir: str | Path, cid: int, data_dir: str | None = None,
+               run: str | None = None) -> tuple[FlowerJob, dict]:
+    """The node's job and client ``cid``'s personalized parameters (``alg.personalize``), rebuilt on the node
+    from its state directory.
 
     ``run_config`` names the experiment as for the ClientApp (``experiment`` or ``config``, ``algorithm``,
     ``seed``); ``data_dir``: the node's data directory when it has one (the model's shapes come from it).
@@ -67,5 +69,10 @@ def node_personalized(run_config: dict, state_dir: str | Path, cid: int, data_di
     else:
         job = load_job(run_config)
     with torch.no_grad():
-        params = job.alg.personalize(saved["server"], private)
-    return flatten_state(params)[0]
+        return job, job.alg.personalize(saved["server"], private)
+
+
+def node_personalized(run_config: dict, state_dir: str | Path, cid: int, data_dir: str | None = None,
+                      run: str | None = None) -> dict[str, Tensor]:
+    """Client ``cid``'s personalized parameters (flat names), exactly those its last evaluation scored."""
+    return flatten_state(node_model(run_config, state_dir, cid, data_dir, run)[1])[0]
