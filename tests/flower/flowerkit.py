@@ -14,6 +14,8 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from bouquet.flower.records import content_values
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from datafile_writers import write_idx_dir  # noqa: E402  (tiny IDX files in the real format)
 
@@ -94,7 +96,7 @@ class LoopbackGrid(Grid):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
-            cfg = msg.content.get("config")
+            cfg = content_values(msg.content, "config")
             if cfg is not None and "server-round" in cfg:
                 self.last_round[node] = int(cfg["server-round"])
                 # the round whose evaluation the message asks for (a folded one rides on a train message)

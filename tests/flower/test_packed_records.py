@@ -9,7 +9,17 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
-from bouquet.flower.records import PACKED, from_record, is_packed, pack, tensor_spec, to_record
+from bouquet.flower.records import (
+    PACKED,
+    content_values,
+    from_record,
+    is_packed,
+    pack,
+    pack_many,
+    packed_meta,
+    tensor_spec,
+    to_record,
+)
 
 
 def _tensors() -> dict[str, torch.Tensor]:
@@ -47,6 +57,20 @@ def test_packing_sends_three_objects_per_tensor_dict():
     packed = get_all_nested_objects(RecordDict({"arrays": pack(tensors), "config": ConfigRecord({"a": 1})}))
     assert len(plain) == 2 + 2 * len(tensors)  # RecordDict, ArrayRecord, an Array and a chunk per tensor
     assert len(packed) == 5  # RecordDict, ArrayRecord, one Array, its chunk, the ConfigRecord
+
+
+def test_config_and_metrics_ride_in_the_packed_index():
+    tensors = {"c1/w": torch.randn(3, 2)}
+    config = {"server-round": 4, "clients": [1, 7], "eval:server/opt/lr": 0.5, "name": "x", "ok": True}
+    many = pack_many(tensors, [config, {"clients": [2]}, None])
+    assert packed_meta(many[0]) == config and packed_meta(many[1]) == {"clients": [2]} and packed_meta(many[2]) == {}
+    assert all(torch.equal(from_record(r)["c1/w"], tensors["c1/w"]) for r in many)
+    content = RecordDict({"arrays": many[0]})
+    assert len(get_all_nested_objects(content)) == 4  # no ConfigRecord: one object less per message
+    assert content_values(content, "config") == config
+    # a message with its own record reads that; one with neither gives {}
+    assert content_values(RecordDict({"arrays": many[0], "config": ConfigRecord({"a": 1})}), "config") == {"a": 1}
+    assert content_values(RecordDict({"arrays": to_record(tensors)}), "metrics") == {}
 
 
 def test_plain_records_still_read():

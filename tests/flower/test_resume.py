@@ -21,6 +21,7 @@ from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
 from bouquet.flower.deploy import LocalFederation
 from bouquet.flower.node_state import DirStore, latest_states
+from bouquet.flower.records import content_values
 
 
 def experiment(rounds: int = 6) -> str:
@@ -47,8 +48,8 @@ def test_a_server_killed_in_round_three_resumes_to_the_same_metrics(tmp_path, ca
     rc = {**rc, "checkpoint-dir": str(tmp_path / "ckpt")}
 
     def kill_in_round_three(node, msg):
-        cfg = msg.content.get("config")
-        if cfg is not None and cfg.get("server-round") == 3 and node == 101:
+        cfg = content_values(msg.content, "config")
+        if cfg.get("server-round") == 3 and node == 101:
             raise Stop  # node 100 has trained round 3 already: its round-3 state files must not be used
         return False
 

@@ -17,7 +17,7 @@ from bouquet.app.flower_apps import clientapp as client_app
 from bouquet.app.flower_job import load_job
 from bouquet.app.runner import run_one
 from bouquet.data import build_dataset
-from bouquet.flower.records import add_client, from_record, to_record
+from bouquet.flower.records import add_client, content_values, from_record, pack
 from bouquet.flower.strategy import BouquetStrategy, NodeDiscoveryError
 
 FLORAL = "floral" if "floral" in ALGORITHMS else "local_adaptor"
@@ -81,7 +81,7 @@ def _corrupt(reply):
             ups[keys[0]] = torch.full_like(ups[keys[0]], math.nan)
         elif i == 1:
             ups[keys[0]] = torch.zeros(7)
-    reply.content["arrays"] = to_record(ups)
+    reply.content["arrays"] = pack(ups, content_values(reply.content, "metrics"))
 
 
 def test_bad_replies_are_rejected_never_aggregated():
@@ -102,7 +102,7 @@ def test_missing_and_unexpected_keys_are_rejected():
         cids = sorted({int(k.split("/")[0][1:]) for k in ups})
         del ups[sorted(k for k in ups if k.startswith(f"c{cids[0]}/"))[0]]
         ups.update(add_client({"router.logits": torch.zeros(2)}, cids[1]))
-        reply.content["arrays"] = to_record(ups)
+        reply.content["arrays"] = pack(ups, content_values(reply.content, "metrics"))
 
     _, records, _ = run_flower("fedavg", num_nodes=1, tamper=tamper)
     reasons = sorted(records[0]["rejected_reasons"].values())
@@ -113,7 +113,7 @@ def test_missing_and_unexpected_keys_are_rejected():
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "flowers-loop"])
 def test_failed_node_is_counted_and_the_round_continues(fold):
     def fail(node, msg):  # node 101 is down for the messages of server round 2
-        cfg = msg.content["config"]
+        cfg = content_values(msg.content, "config")
         return node == 101 and "server-round" in cfg and cfg["server-round"] == 2
 
     _, records, _ = run_flower("fedavg", fold=fold, fail=fail)

@@ -27,6 +27,7 @@ from ..flower.discovery import discover
 from ..flower.grid import prompt
 from ..flower.job import FlowerJob
 from ..flower.node_state import store_for
+from ..flower.records import content_values
 from ..flower.strategy import BouquetStrategy
 from .experiment import dataset_for_seed
 from .flower_job import experiment_of, load_job, node_dir, node_job, run_name, server_job, settings
@@ -53,8 +54,7 @@ def client_job(msg: Message, context: Context) -> FlowerJob:
     if path is None:
         return load_job(dict(context.run_config), context.run_id)
     nd = node_dir(path, context.run_id)
-    cfg = msg.content.get("config")
-    cfg = dict(cfg) if cfg is not None else {}
+    cfg = content_values(msg.content, "config")
     num = int(cfg.get("num-clients", nd.num_clients if nd.num_clients is not None else max(nd.ids) + 1))
     total = int(cfg.get("total-examples", nd.data.total_train_examples()))
     return node_job(dict(context.run_config), path, num, total, context.run_id)

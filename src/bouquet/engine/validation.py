@@ -81,7 +81,7 @@ def validate_uploads(uploads: Mapping[str, Tensor], losses: Tensor, ids: Tensor 
             reasons[i] = f"training diverged (loss {float(losses[i])})"
     for k, v in uploads.items():
         if v.is_floating_point():
-            bad = nonfinite_rows(v.reshape(num, -1)).cpu()
+            bad = nonfinite_rows(v.reshape(num, -1) if num else v.reshape(0, 1)).cpu()  # no client: nothing bad
             for i in bad.nonzero().flatten().tolist():
                 reasons[i] = reasons[i] or f"{k}: NaN or Inf values"
     if norms is not None and max_norm is not None:

@@ -21,11 +21,12 @@ from .node_state import ContextStore, DirStore
 from .records import (
     EVAL,
     add_client,
+    content_values,
     from_record,
     is_packed,
     match_global,
+    pack,
     to_record,
-    to_wire,
     unflatten_state,
 )
 
@@ -106,7 +107,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
     """Local training of every client named in the message; uploads prefixed ``c<id>/``. Private states
     live in ``store`` (default: ``Context.state``)."""
     store = ContextStore(context) if store is None else store
-    cfg = msg.content["config"]
+    cfg = content_values(msg.content, "config")
     if "clients" not in cfg:
         return _stock_train(msg, context, job, store)
     incoming = from_record(msg.content["arrays"])
@@ -130,13 +131,15 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
         metrics[f"c{cid}/num-examples"] = n
         total += n
     metrics["num-examples"] = total
-    return Message(RecordDict({"arrays": to_wire(uploads, packed), "metrics": MetricRecord(metrics)}), reply_to=msg)
+    if packed:  # the metrics ride in the packed record's index: one object less per reply
+        return Message(RecordDict({"arrays": pack(uploads, metrics)}), reply_to=msg)
+    return Message(RecordDict({"arrays": to_record(uploads), "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
 def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:
     """Every named client's personalized model on its own test split."""
     store = ContextStore(context) if store is None else store
-    cfg = msg.content["config"]
+    cfg = content_values(msg.content, "config")
     if "clients" not in cfg:  # Flower's convention: the plain global model, this node's partition
         cid, payload, _ = _stock(msg, context, job)
         train, test = job.client_rows(cid)

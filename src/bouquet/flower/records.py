@@ -49,8 +49,14 @@ def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
     return ArrayRecord(array_dict=arrays)
 
 
-def pack(tensors: Mapping[str, Tensor]) -> ArrayRecord:
-    """A flat dict of tensors as a packed ``ArrayRecord``: one ``Array`` holding an index and all tensors' bytes."""
+def pack(tensors: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> ArrayRecord:
+    """A flat dict of tensors as a packed ``ArrayRecord``: one ``Array`` holding an index and all tensors' bytes;
+    ``meta`` (JSON values: a message's config or metrics) rides in the index, so it costs no record of its own."""
+    return pack_many(tensors, [meta])[0]
+
+
+def pack_many(tensors: Mapping[str, Tensor], metas: list[Mapping[str, Any] | None]) -> list[ArrayRecord]:
+    """``[pack(tensors, m) for m in metas]``, the tensors' bytes gathered once (one message per node)."""
     index, parts, offset = [], [], 0
     for name, t in tensors.items():
         t = t.detach().cpu().contiguous()
@@ -61,14 +67,44 @@ def pack(tensors: Mapping[str, Tensor]) -> ArrayRecord:
         index.append([name, kind, list(t.shape), offset, len(raw)])
         parts.append(raw)
         offset += len(raw)
-    header = json.dumps({"format": FORMAT, "tensors": index}, separators=(",", ":")).encode()
-    data = b"".join([struct.pack("<Q", len(header)), header, *parts])
-    return ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)})
+    body = b"".join(parts)
+    out = []
+    for meta in metas:
+        head: dict[str, Any] = {"format": FORMAT, "tensors": index}
+        if meta is not None:
+            head["meta"] = dict(meta)
+        header = json.dumps(head, separators=(",", ":")).encode()
+        data = b"".join([struct.pack("<Q", len(header)), header, body])
+        out.append(ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)}))
+    return out
 
 
 def to_wire(tensors: Mapping[str, Tensor], packed: bool) -> ArrayRecord:
     """``tensors`` in the packed layout (``pack``) or Flower's plain one (``to_record``)."""
     return pack(tensors) if packed else to_record(tensors)
+
+
+def packed_meta(record: ArrayRecord, key: str = "arrays") -> dict[str, Any]:
+    """The ``meta`` a packed record carries ({} when none); ValueError (naming ``key``) on a malformed one."""
+    try:
+        header = _header(record[PACKED].data)[0]
+    except ValueError as err:
+        raise ValueError(f"bouquet: error: {key!r}: malformed packed record ({PACKED}): {err}") from None
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"bouquet: error: {key!r}: malformed packed record ({PACKED}): meta is not a JSON object")
+    return meta
+
+
+def content_values(content, name: str) -> dict[str, Any]:
+    """A message's ``name`` record ("config" or "metrics") as a dict: the record when the message has one, else
+    the ``meta`` of its packed ``arrays`` (bouquet's own messages carry them there), else {}."""
+    if name in content:
+        return dict(content[name])
+    arrays = content.get("arrays") if "arrays" in content else None
+    if isinstance(arrays, ArrayRecord) and is_packed(arrays):
+        return packed_meta(arrays)
+    return {}
 
 
 def is_packed(record: ArrayRecord) -> bool:
@@ -78,6 +114,12 @@ def is_packed(record: ArrayRecord) -> bool:
 
 def _entries(data: bytes) -> tuple[list, int]:
     """The packed index and where the tensor bytes start; ValueError (the reason) on a malformed one."""
+    header, start = _header(data)
+    return header["tensors"], start
+
+
+def _header(data: bytes) -> tuple[dict, int]:
+    """The packed header and where the tensor bytes start; ValueError (the reason) on a malformed one."""
     if len(data) < 8:
         raise ValueError(f"{len(data)} bytes, shorter than the 8-byte header length")
     (size,) = struct.unpack_from("<Q", data)
@@ -89,7 +131,7 @@ def _entries(data: bytes) -> tuple[list, int]:
         raise ValueError(f"header is not JSON ({err})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT or not isinstance(header.get("tensors"), list):
         raise ValueError(f"header is not a {FORMAT} index")
-    return header["tensors"], 8 + size
+    return header, 8 + size
 
 
 def unpack(record: ArrayRecord, key: str = "arrays") -> dict[str, Tensor]:

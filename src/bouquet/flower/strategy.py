@@ -30,11 +30,12 @@ from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
 from .records import (
     EVAL,
+    content_values,
     flatten_state,
     from_record,
+    pack_many,
     split_clients,
     to_record,
-    to_wire,
 )
 
 log = logging.getLogger("bouquet.flower")
@@ -64,6 +65,7 @@ class BouquetStrategy(Strategy):
         self.checkpointed = -1  # round of the last server checkpoint (-1: none; nodes keep one state version)
         #: rounds whose records must close at once (the ServerApp checkpoints after them): not folded; 0: none
         self.checkpoint_every = 0
+        self._fold_round: int | None = None  # the round whose evaluation the next train messages carry
         self._round: dict = {}
         self._sent: dict[str, dict[int, list[int]]] = {}  # message type -> node -> the clients its last one named
 
@@ -89,15 +91,32 @@ class BouquetStrategy(Strategy):
         """What every message tells a node of the federation (its size, for a node with its own data)."""
         return {"num-clients": self.job.num_clients, "total-examples": int(self.job.info.train_sizes().sum())}
 
-    def _messages(self, clients: Iterable[int], content: dict, config: dict, kind: str,
-                  stock: dict | None = None) -> list[Message]:
+    def _messages(self, clients: Iterable[int], tensors: dict, config: dict, kind: str, stock: dict | None = None,
+                  extra: dict | None = None, per_node: Callable[[int], dict] | None = None) -> list[Message]:
+        """One message per node serving ``clients``. bouquet's nodes get ``tensors`` packed, the config in the
+        packed index (``packed = false``: Flower's layout and a ``ConfigRecord``), plus the records ``extra``
+        and the config entries ``per_node(node)``; stock Flower ClientApps get the records ``stock``."""
         by_node: dict[int, list[int]] = {}
         for cid in clients:
             by_node.setdefault(self.node_of[cid], []).append(cid)
         self._sent[kind] = by_node
-        return [Message(RecordDict({**(stock if stock is not None and node in self.nodes.stock else content),
-                                    "config": ConfigRecord({**config, "clients": cs})}), dst_node_id=node,
-                        message_type=kind) for node, cs in by_node.items()]
+        is_stock = {n: stock is not None and n in self.nodes.stock for n in by_node}
+        cfgs = {n: {**config, "clients": cs, **(per_node(n) if per_node and not is_stock[n] else {})}
+                for n, cs in by_node.items()}
+        ours = [n for n in by_node if not is_stock[n]]
+        packed = self.job.settings.packed
+        wire = dict(zip(ours, pack_many(tensors, [cfgs[n] for n in ours]), strict=True)) if packed and ours else {}
+        plain = to_record(tensors) if not packed and ours else None
+        out = []
+        for node in by_node:
+            if is_stock[node]:
+                content = {**stock, "config": ConfigRecord(cfgs[node])}
+            elif packed:  # one object less per message than a ConfigRecord beside the arrays
+                content = {"arrays": wire[node], **(extra or {})}
+            else:
+                content = {"arrays": plain, **(extra or {}), "config": ConfigRecord(cfgs[node])}
+            out.append(Message(RecordDict(content), dst_node_id=node, message_type=kind))
+        return out
 
     # -- training ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -113,9 +132,17 @@ class BouquetStrategy(Strategy):
         self._round = {"start": time.perf_counter(), "ids": ids, "sampler": sampler, "payload": payload}
         cfg = {**dict(config), "server-round": server_round, "sampled": ids.tolist(), **self._federation(),
                "checkpoint-round": self.checkpointed if self.checkpointed >= 0 else server_round - 1}
+        tensors, per_node = payload, None
+        if self._fold_round is not None:  # the previous round's evaluation rides along (``_start_folded``)
+            state, other = flatten_state(self.state.server)
+            tensors = {**payload, **{EVAL + k: v for k, v in state.items()}}
+            folded = {EVAL + "round": self._fold_round, **{f"{EVAL}server/{k}": v for k, v in other.items()}}
+
+            def per_node(node: int) -> dict:
+                return {**folded, EVAL + "clients": [c for c in range(self.job.num_clients) if self.node_of[c] == node]}
         # bouquet's nodes get the payload packed (one Array); stock Flower ClientApps Flower's plain `arrays`
-        return self._messages(ids.tolist(), {"arrays": to_wire(payload, self.job.settings.packed)}, cfg,
-                              MessageType.TRAIN, {"arrays": to_record(payload)})
+        return self._messages(ids.tolist(), tensors, cfg, MessageType.TRAIN, {"arrays": to_record(payload)},
+                              per_node=per_node)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -163,13 +190,13 @@ class BouquetStrategy(Strategy):
                 log.warning("bouquet: round %d: node %s replied with an error: %s", server_round, node,
                             rep.error.reason)
                 continue
-            arrays, metrics = rep.content.get("arrays"), rep.content.get("metrics")
+            arrays = rep.content.get("arrays")
             try:
                 per_client = split_clients(from_record(arrays)) if isinstance(arrays, ArrayRecord) else {}
+                metrics = content_values(rep.content, "metrics")
             except ValueError as err:  # a malformed packed record: the node's clients count as failed
                 log.warning("bouquet: round %d: node %s: %s", server_round, node, err)
                 continue
-            metrics = dict(metrics) if isinstance(metrics, MetricRecord) else {}
             self.received_keys.update(f"metrics:{k}" for k in metrics)
             for up in per_client.values():
                 self.received_keys.update(up)
@@ -196,15 +223,15 @@ class BouquetStrategy(Strategy):
         server_round += self.offset  # a resumed run goes on with its own round numbers
         if not self.job.spec.is_eval_round(server_round):
             return []
-        content, stock = self._eval_content()
         cfg = {**dict(config), "server-round": server_round, **self._federation()}
-        return self._messages(range(self.job.num_clients), content, cfg, MessageType.EVALUATE, stock)
+        return self._evaluations(range(self.job.num_clients), cfg)
 
-    def _eval_content(self) -> tuple[dict, dict]:
-        """What an evaluation needs, for bouquet's nodes (the flattened server state) and for stock ones."""
+    def _evaluations(self, clients: Iterable[int], cfg: dict) -> list[Message]:
+        """Evaluation messages: bouquet's nodes get the flattened server state, stock ones the plain global model."""
         tensors, other = flatten_state(self.state.server)
-        return ({"arrays": to_wire(tensors, self.job.settings.packed), "server": ConfigRecord(other)},
-                {"arrays": to_record(self.job.alg.broadcast(self.state.server))})  # stock: the plain global model
+        return self._messages(clients, tensors, cfg, MessageType.EVALUATE,
+                              {"arrays": to_record(self.job.alg.broadcast(self.state.server))},
+                              extra={"server": ConfigRecord(other)})
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """``summarize`` over every client that answered (the others are ``missing``); closes the round."""
@@ -233,7 +260,12 @@ class BouquetStrategy(Strategy):
                 log.warning("bouquet: round %d: evaluation error from node %s: %s", server_round,
                             rep.metadata.src_node_id, rep.error.reason)
                 continue
-            m = dict(rep.content["metrics"]) if "metrics" in rep.content else {}
+            try:
+                m = content_values(rep.content, "metrics")
+            except ValueError as err:
+                log.warning("bouquet: round %d: evaluation from node %s: %s", server_round, rep.metadata.src_node_id,
+                            err)
+                continue
             self.received_keys.update(f"metrics:{k}" for k in m)
             folded = rep.metadata.message_type == MessageType.TRAIN
             if folded:  # a train reply's scores of the previous round
@@ -261,37 +293,23 @@ class BouquetStrategy(Strategy):
         return ev
 
     # -- evaluation folded into the next round's train messages ---------------------------------
-    def _fold(self, messages: list[Message], server_round: int) -> list[Message]:
-        """Add round ``server_round``'s evaluation to the train ``messages`` of bouquet's nodes (inside their
-        ``arrays`` and ``config``: no extra object); the evaluation messages the other nodes (not sampled, or
-        stock Flower ClientApps) still need."""
-        content, stock = self._eval_content()
-        tensors, other = flatten_state(self.state.server)
-        arrays = to_wire({**self._round["payload"], **{EVAL + k: v for k, v in tensors.items()}},
-                         self.job.settings.packed)
-        folded: set[int] = set()
-        for msg in messages:
-            node = msg.metadata.dst_node_id
-            if node in self.nodes.stock:
-                continue
-            cfg = msg.content["config"]
-            cfg.update({EVAL + "round": server_round, **{f"{EVAL}server/{k}": v for k, v in other.items()},
-                        EVAL + "clients": [c for c in range(self.job.num_clients) if self.node_of[c] == node]})
-            msg.content["arrays"] = arrays
-            folded.add(node)
+    def _fold_rest(self, messages: list[Message], server_round: int) -> tuple[set[int], list[Message]]:
+        """The nodes whose train ``messages`` carry round ``server_round``'s evaluation (bouquet's), and the
+        evaluation messages the other nodes (not sampled, or stock Flower ClientApps) still need."""
+        folded = {m.metadata.dst_node_id for m in messages} - self.nodes.stock
         rest = [c for c in range(self.job.num_clients) if self.node_of[c] not in folded]
-        cfg = {"server-round": server_round, **self._federation()}
         self._sent[MessageType.EVALUATE] = {}
-        return self._messages(rest, content, cfg, MessageType.EVALUATE, stock) if rest else []
+        return folded, self._evaluations(rest, {"server-round": server_round, **self._federation()}) if rest else []
 
     def _start_folded(self, grid: Grid, rounds: int, timeout: float) -> Result:
         """The rounds with each evaluation sent with the next round's train messages: one exchange per round
         where Flower's ``start`` has two. The records are the same; round N's closes in round N + 1."""
         result, pending = Result(), None  # pending: the previous round, when its evaluation is still to come
         for current in range(1, rounds + 1):
+            self._fold_round = pending["round"] if pending is not None else None
             train = list(self.configure_train(current, ArrayRecord(), ConfigRecord(), grid))
-            evals = self._fold(train, pending["round"]) if pending is not None else []
-            folded = {m.metadata.dst_node_id for m in train if m.metadata.dst_node_id not in self.nodes.stock}
+            self._fold_round = None
+            folded, evals = self._fold_rest(train, pending["round"]) if pending is not None else (set(), [])
             replies = list(grid.send_and_receive(train + evals, timeout=timeout))
             if pending is not None:
                 ev = self._scores(pending["round"], [r for r in replies if r.has_error() or r.metadata.message_type
