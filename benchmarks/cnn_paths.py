@@ -35,6 +35,8 @@ CANDIDATES = {
     "kernels, one update op per tensor": ConvOptions(foreach=False),
     "kernels, chunk 1": ConvOptions(chunk=1),
     "kernels, chunk 2": ConvOptions(chunk=2),
+    "kernels, chunk 3": ConvOptions(chunk=3),
+    "kernels, chunk 6": ConvOptions(chunk=6),
     "kernels, chunk 10": ConvOptions(chunk=10),
     "kernels, all 30 clients at once": ConvOptions(chunk=0),
 }
