@@ -11,7 +11,7 @@ import bouquet as bq
 from bouquet.algorithms import ALGORITHMS, task_loss
 from bouquet.app.config import parse_experiment
 from bouquet.app.runner import simulator
-from bouquet.engine.kernel_check import KernelMismatchWarning, update_mismatch
+from bouquet.engine.kernel_check import CheckedTrainer, KernelMismatchWarning, update_mismatch
 
 SMALL = {
     "name": "kernels", "data": {"name": "digits", "num_clients": 8, "num_clusters": 2, "shift": "label_shift"},
@@ -94,3 +94,48 @@ def test_update_mismatch_tolerates_float_noise_and_matching_divergence():
     nan = {"w": torch.tensor([float("nan"), 1.0, 1.0])}
     assert update_mismatch(start, nan, nan, 1e-4) is None
     assert "non-finite" in update_mismatch(start, nan, step, 1e-4)
+
+
+def _step_by_cancellation(trainable, shared, private, batches):
+    """An update computed the ill-conditioned way: (x + 1e-3) - x loses 6% of 1e-3 in float32 at x = 1000."""
+    x = shared["x"]
+    return {"w": trainable["w"] + ((x + 1e-3) - x)}, torch.zeros(trainable["w"].shape[0])
+
+
+def _step_directly(trainable, shared, private, batches):
+    return {"w": trainable["w"] + 1e-3 * torch.ones_like(shared["x"])}, torch.zeros(trainable["w"].shape[0])
+
+
+def _check(kernels, reference):
+    trainable = {"w": torch.zeros(4, 3)}
+    shared = {"x": torch.full((3,), 1000.0)}
+    batches = {"w": torch.ones(4, 2, 5)}
+    checked = CheckedTrainer(kernels, reference, "toy")
+    return checked, checked.check(trainable, shared, {}, batches)
+
+
+def test_the_check_runs_in_float64_so_float32_rounding_in_an_ill_conditioned_step_is_not_a_mismatch():
+    start = {"w": torch.zeros(4, 3)}
+    shared = {"x": torch.full((3,), 1000.0)}
+    in_float32 = update_mismatch(start, _step_directly(start, shared, {}, {})[0],
+                                 _step_by_cancellation(start, shared, {}, {})[0], 1e-4)
+    assert in_float32 is not None and "relative difference" in in_float32  # a float32 check would reject it
+    checked, trusted = _check(_step_directly, _step_by_cancellation)
+    assert trusted and checked.reason is None
+
+
+def test_the_check_falls_back_to_the_native_dtype_when_the_code_pins_float32():
+    seen = []
+
+    def pinned(trainable, shared, private, batches):
+        seen.append(trainable["w"].dtype)
+        if trainable["w"].dtype != torch.float32:
+            raise RuntimeError("expected scalar type Float but found Double")
+        return _step_directly(trainable, shared, private, batches)
+
+    checked, trusted = _check(pinned, _step_directly)
+    assert trusted and seen == [torch.float64, torch.float32]
+    wrong = lambda t, s, p, b: ({"w": t["w"] + 2e-3}, torch.zeros(4))  # noqa: E731
+    with pytest.warns(KernelMismatchWarning, match="toy"):
+        checked, trusted = _check(wrong, _step_directly)
+    assert not trusted and "relative difference" in checked.reason

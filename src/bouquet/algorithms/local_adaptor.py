@@ -44,12 +44,12 @@ def local_adaptor(model: MixtureModel, objective: Objective, *, lr: float, lora_
     base0 = {k: v for k, v in params0.items() if param_role(k) == "base"}
     adaptor0 = {k: v for k, v in params0.items() if param_role(k) == "adaptor"}
     rates = LearningRates(lr, lr if lora_lr is None else lora_lr, 0.0)
-    dtype = next(iter(params0.values())).dtype
 
     def forward(params, x):
         # The single adaptor's mixture is the constant pi = [1], given explicitly: the template's own
         # (grad-requiring) router logits stay out of the loss, which would otherwise chain every step's graph.
-        return functional_call(model, params, (x,), {"pi": torch.ones(1, dtype=dtype, device=x.device)},
+        like = next(iter(params.values()))  # the parameters' dtype (float64 in the kernels' check), not x's
+        return functional_call(model, params, (x,), {"pi": torch.ones(1, dtype=like.dtype, device=x.device)},
                                strict=False)
 
     def init(gen, clusters):
