@@ -15,6 +15,7 @@ from bouquet.data import DataSpec, build_dataset
 from bouquet.engine.autograd_training import train_sequential
 from bouquet.engine.conv_chain import FLATTEN, Conv, Pool, parse_conv_chain
 from bouquet.engine.conv_kernels import ConvOptions, conv_trainer
+from bouquet.engine.kernel_check import KernelMismatchWarning
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
 
@@ -135,3 +136,28 @@ def test_parse_conv_chain_layers_and_unsupported_models(images):
     assert parse_conv_chain(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))) is None
     noisy = _floral(images, router=RouterConfig(lr=0.5, noise=1.0, init_std=1.0))
     assert conv_trainer(noisy.model, noisy.objective, noisy.local_update, noisy.loss_spec) is None
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_evaluation_by_the_kernels_forward_equals_the_client_loop(images, name):
+    sim = Simulator(BUILDS[name](images, 0.0), images, RunSpec(rounds=1, clients_per_round=4, batch_size=8))
+    assert sim.eval_forward is not None
+    state, _ = sim.run_round(sim.init_state())
+    batched = sim.client_scores(state)
+    assert sim.eval_trusted is True
+    sim.eval_forward = None  # the client loop
+    loop = sim.client_scores(state)
+    torch.testing.assert_close(batched.loss, loop.loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(batched.score, loop.score)
+
+
+def test_a_kernels_forward_that_disagrees_is_caught_and_the_client_loop_evaluates(images):
+    sim = Simulator(_floral(images), images, RunSpec(rounds=1, clients_per_round=4, batch_size=8))
+    state, _ = sim.run_round(sim.init_state())
+    right = sim.eval_forward
+    sim.eval_forward = lambda params, x: right(params, x) * 1.5  # a wrong model
+    with pytest.warns(KernelMismatchWarning, match="forward disagrees"):
+        got = sim.client_scores(state)
+    assert sim.eval_trusted is False
+    sim.eval_forward = None
+    torch.testing.assert_close(got.loss, sim.client_scores(state).loss)

@@ -62,22 +62,16 @@ class ConvOptions:
 class _Setup:
     layers: list[ConvLayer]
     task: str
-    sgd: PlainSGD
+    sgd: PlainSGD | None  # None: evaluation only
     logits: str | None
     temperature: float
     entropy: float
     options: ConvOptions
 
 
-def conv_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: LossSpec | None,
-                 options: ConvOptions | None = None) -> Trainer | None:
-    """A trainer with ``train_vectorized``'s contract for a conv chain model, or None when it does not apply.
-
-    ``spec`` declares the loss (pi = softmax(router logits / T) minus entropy * H(pi), or pi = [1] without a
-    router); ``update`` must be plain SGD (optionally with LoRA preconditioning).
-    """
-    plain = update.plain_sgd()
-    if spec is None or plain is None or objective not in ("classification", "regression"):
+def _setup(model: nn.Module, objective: str, plain: PlainSGD | None, spec: LossSpec | None,
+           options: ConvOptions | None) -> _Setup | None:
+    if spec is None or objective not in ("classification", "regression"):
         return None
     if not isinstance(model, nn.Sequential | MixtureModel):
         return None
@@ -88,15 +82,42 @@ def conv_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: Lo
     mixed = [la for la in layers if isinstance(la, Conv | Dense) and la.num]
     if any(la.num > 1 for la in mixed) and router is None:
         return None
-    setup = _Setup(layers, objective, plain, ROUTER if router is not None else None,
-                   router.temperature if router else 1.0, router.entropy if router else 0.0,
-                   options or ConvOptions())
+    return _Setup(layers, objective, plain, ROUTER if router is not None else None,
+                  router.temperature if router else 1.0, router.entropy if router else 0.0, options or ConvOptions())
+
+
+def conv_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: LossSpec | None,
+                 options: ConvOptions | None = None) -> Trainer | None:
+    """A trainer with ``train_vectorized``'s contract for a conv chain model, or None when it does not apply.
+
+    ``spec`` declares the loss (pi = softmax(router logits / T) minus entropy * H(pi), or pi = [1] without a
+    router); ``update`` must be plain SGD (optionally with LoRA preconditioning).
+    """
+    plain = update.plain_sgd()
+    setup = _setup(model, objective, plain, spec, options) if plain is not None else None
+    if setup is None:
+        return None
 
     def train(trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
               batches: Batch) -> tuple[Params, Tensor]:
         return _train(setup, trainable, shared, private, batches)
 
     return train
+
+
+def conv_forward(model: nn.Module, objective: str, spec: LossSpec | None,
+                 options: ConvOptions | None = None) -> Callable[[Params, Tensor], Tensor] | None:
+    """The trainer's forward for evaluation: each client's parameters [K, ...] on its rows x [K, T, ...] give
+    outputs [K, T, out] (pi from the router logits as in training); None when the kernels do not apply."""
+    setup = _setup(model, objective, None, spec, options)
+    if setup is None:
+        return None
+
+    def forward(params: Params, x: Tensor) -> Tensor:
+        pi = torch.softmax(params[setup.logits] / setup.temperature, dim=-1) if setup.logits else None
+        return _forward(setup, params.__getitem__, pi, x)
+
+    return forward
 
 
 def _train(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],

@@ -59,6 +59,24 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
     return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
 
 
+def score_forward(alg: Algorithm, forward, server: ServerState, client_states: ClientStates, arrays: SplitArrays,
+                  clients: Tensor, *, chunk: int = 10) -> ClientScores:
+    """Score each client's personalized model with a batched ``forward(params [K, ...], x [K, T, ...])``
+    (the conv kernels' forward), ``chunk`` clients at a time."""
+    scores, losses = [], []
+    for part in _chunks(len(clients), chunk):
+        ids = clients[part]
+        index, weight = padded_split(arrays, ids)
+        batch = arrays.gather(index, weight)
+        states = {k: v[ids] for k, v in client_states.items()}
+        params = personalized_params(alg, server, states, len(ids))
+        out = forward(params, batch["x"])
+        s, lo = vmap(lambda o, y, w: client_score(o, y, w, alg.objective))(out, batch["y"], batch["w"])
+        scores.append(s)
+        losses.append(lo)
+    return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
+
+
 def personalized_params(alg: Algorithm, server: ServerState, client_states: ClientStates,
                         num_clients: int) -> dict[str, Tensor]:
     """Personalized parameters of ``num_clients`` clients, stacked [K, ...] (no gradient).

@@ -4,12 +4,14 @@ State is explicit (``RunState``) so that a run can be checkpointed and resumed; 
 ``evaluate`` are the two operations (``run`` chains them for all rounds). Local training runs the
 sampled clients as one vectorized computation (vmap + autograd, or the hand-batched MLP kernels or the
 batched conv kernels when the algorithm declares a loss they implement and their first steps agree with
-autograd), or one by one (``vectorized=False``: the reference); all give the same numbers. Evaluation of
-conv models on CPU stays a client loop under ``vectorized = "auto"`` (vmap's grouped convs are slower).
+autograd), or one by one (``vectorized=False``: the reference); all give the same numbers. Conv chains on
+the kernels evaluate through the kernels' forward once it matched the model on a few clients; other conv
+models evaluate client by client on CPU under ``vectorized = "auto"`` (vmap's grouped convs are slower).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from functools import partial
 
@@ -21,10 +23,10 @@ from ..algorithms import Algorithm
 from ..data.federated import FederatedDataset
 from .autograd_training import in_client_chunks, train_sequential, train_vectorized
 from .batching import TRAIN, SplitArrays, round_batches
-from .conv_kernels import ConvOptions, conv_trainer
-from .evaluation import ClientScores, personalized_params, score_params, summarize
+from .conv_kernels import ConvOptions, conv_forward, conv_trainer
+from .evaluation import ClientScores, personalized_params, score_forward, score_params, summarize
 from .finetune import finetune_batches, finetuned
-from .kernel_check import CheckedTrainer
+from .kernel_check import CheckedTrainer, KernelMismatchWarning
 from .mlp_kernels import kernel_trainer
 from .robust import RobustConfig
 from .rounds import ClientResults, RoundDriver, RunState, select_clients
@@ -45,6 +47,8 @@ class Simulator:
         self.driver = RoundDriver(alg, data.train_sizes(), clients_per_round=spec.clients_per_round, seed=seed,
                                   robust=robust)
         self.kernel_kind = "hand-batched kernels"
+        self.eval_forward: Callable | None = None
+        self.eval_trusted: bool | None = None
         self.train = SplitArrays.from_dataset(data, "train").to(self.device)
         self.test = SplitArrays.from_dataset(data, "test").to(self.device)
         self.clusters = data.clusters
@@ -58,6 +62,8 @@ class Simulator:
             kernels = conv_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec,
                                    ConvOptions(chunk=0) if self.device.type == "cuda" else ConvOptions())
             self.kernel_kind = "batched conv kernels"
+            #: evaluation by the kernels' forward, once it matched the client loop (``_batched_eval``)
+            self.eval_forward = conv_forward(alg.model, alg.objective, alg.loss_spec) if kernels else None
         self.checked = CheckedTrainer(kernels, self.trainer, alg.name) if kernels is not None else None
         self.trainer = self.checked or self.trainer
         #: local training runs all sampled clients at once (vmap, or the kernels), not one by one
@@ -143,8 +149,27 @@ class Simulator:
         else:
             params, fn = state.clients, (lambda cs: alg.personalize(state.server, cs))
         with torch.no_grad(), alg.mode(False):
+            if alg.finetune is None and self._batched_eval(state):
+                return score_forward(alg, self.eval_forward, state.server, state.clients, self.test, clients)
             return score_params(alg, fn, params, self.test, clients, vectorized=self.vectorized,
                                 chunk=spec.eval_chunk)
+
+    def _batched_eval(self, state: RunState, clients: int = 4) -> bool:
+        """Whether the conv kernels' forward evaluates: checked once against the client loop on a few clients."""
+        if self.eval_forward is None or (self.checked is not None and self.checked.trusted is False):
+            return False
+        if self.eval_trusted is None:
+            alg, few = self.alg, torch.arange(min(clients, self.data.num_clients))
+            mine = select_clients(state.clients, few)
+            loop = score_params(alg, lambda cs: alg.personalize(state.server, cs), mine, self.test, few,
+                                vectorized=False)
+            batched = score_forward(alg, self.eval_forward, state.server, mine, self.test, few)
+            self.eval_trusted = bool(torch.allclose(batched.loss, loop.loss, rtol=1e-4, atol=1e-6))
+            if not self.eval_trusted:
+                warnings.warn(f"algorithm {alg.name!r}: the conv kernels' forward disagrees with the model on "
+                              f"test rows (losses {batched.loss.tolist()} against {loop.loss.tolist()}); "
+                              f"evaluating client by client instead.", KernelMismatchWarning, stacklevel=2)
+        return self.eval_trusted
 
     def finetune(self, state: RunState) -> dict[str, Tensor]:
         """Personalized params of every client after local fine-tuning (evaluation only; state unchanged)."""
