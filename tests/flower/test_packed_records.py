@@ -1,4 +1,5 @@
-"""Packed records (one Array per tensor dict): exact round trips, few Flower objects, clear errors."""
+"""Packed records (one record per tensor dict: inline bytes, or one Array when large): exact round trips, few
+Flower objects, clear errors."""
 
 import json
 import struct
@@ -10,6 +11,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 from bouquet.flower.records import (
+    INLINE_LIMIT,
     PACKED,
     content_values,
     from_record,
@@ -51,12 +53,24 @@ def test_packed_record_survives_flower_deflate_and_inflate():
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
 
 
-def test_packing_sends_three_objects_per_tensor_dict():
+def test_packing_sends_one_object_per_tensor_dict_and_a_chunked_array_when_large():
     tensors = {f"c{c}/{k}": torch.randn(4, 3) for c in range(4) for k in ("weight", "bias")}
     plain = get_all_nested_objects(RecordDict({"arrays": to_record(tensors)}))
     packed = get_all_nested_objects(RecordDict({"arrays": pack(tensors), "config": ConfigRecord({"a": 1})}))
     assert len(plain) == 2 + 2 * len(tensors)  # RecordDict, ArrayRecord, an Array and a chunk per tensor
-    assert len(packed) == 5  # RecordDict, ArrayRecord, one Array, its chunk, the ConfigRecord
+    assert len(packed) == 3  # RecordDict, the packed bytes' ConfigRecord, the config's
+    assert isinstance(pack(tensors), ConfigRecord)
+    large = {"w": torch.randn(INLINE_LIMIT // 4 + 1)}  # just over the inline limit
+    record = pack(large)
+    assert isinstance(record, ArrayRecord) and is_packed(record)
+    objects = get_all_nested_objects(RecordDict({"arrays": record}))
+    assert len(objects) == 3 + 1  # RecordDict, ArrayRecord, the Array and its one 5 MB chunk
+    assert torch.equal(from_record(record)["w"], large["w"])
+
+
+def test_a_record_without_tensors_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match="'arrays': expected an ArrayRecord or a packed record"):
+        from_record(ConfigRecord({"lr": 0.1}), "arrays")
 
 
 def test_config_and_metrics_ride_in_the_packed_index():
@@ -66,7 +80,7 @@ def test_config_and_metrics_ride_in_the_packed_index():
     assert packed_meta(many[0]) == config and packed_meta(many[1]) == {"clients": [2]} and packed_meta(many[2]) == {}
     assert all(torch.equal(from_record(r)["c1/w"], tensors["c1/w"]) for r in many)
     content = RecordDict({"arrays": many[0]})
-    assert len(get_all_nested_objects(content)) == 4  # no ConfigRecord: one object less per message
+    assert len(get_all_nested_objects(content)) == 2  # the RecordDict and the packed record: nothing else
     assert content_values(content, "config") == config
     # a message with its own record reads that; one with neither gives {}
     assert content_values(RecordDict({"arrays": many[0], "config": ConfigRecord({"a": 1})}), "config") == {"a": 1}
@@ -101,7 +115,10 @@ def _with_header(header, body: bytes = b"") -> ArrayRecord:
     (_with_header({"format": "bouquet.packed/1", "tensors": [["w", "uint8", [1], 0, 1]] * 2}, b"1"), "twice"),
     (_with_header({"format": "bouquet.packed/1", "tensors": [["m", "bool", [1], 0, 1]]}, b"\x07"), "bool bytes"),
 ])
-def test_malformed_packed_record_names_the_key(record, why):
+@pytest.mark.parametrize("inline", [False, True])
+def test_malformed_packed_record_names_the_key(record, why, inline):
+    if inline:  # the same bytes inline, as pack() sends them up to INLINE_LIMIT
+        record = ConfigRecord({PACKED: record[PACKED].data})
     with pytest.raises(ValueError, match=why) as err:
         from_record(record, "arrays")
     assert "'arrays'" in str(err.value) and PACKED in str(err.value)

@@ -11,9 +11,11 @@ one (``pack``), between bouquet's own ServerApp and ClientApp: ONE ``Array`` und
 a safetensors file: an 8-byte little-endian header length, a JSON header ``{"format": "bouquet.packed/1",
 "tensors": [[name, dtype, shape, offset, nbytes], ...]}``, then the concatenated tensor bytes (offsets count
 from the end of the header). Flower 1.42 moves every record, ``Array`` and 5 MB ``ArrayChunk`` of a message as
-its own object, one HTTP request per object and hop; packed, a dict of n tensors is 3 objects instead of
-1 + 2n. The index sits in the Array's own bytes because that costs no object: a second index ``Array`` would
-cost two (the Array and its chunk), a ``ConfigRecord`` one. ``from_record`` reads both layouts.
+its own object, one HTTP request per object and hop. Packed bytes up to ``INLINE_LIMIT`` travel as the one
+bytes value of a ``ConfigRecord`` (a record with no children: 1 object for the whole dict of n tensors, against
+1 + 2n plain); larger ones as one ``Array`` in an ``ArrayRecord`` (3 objects and a chunk per 5 MB), which
+Flower streams in chunks. The index sits in the packed bytes because that costs no object.
+``from_record`` reads every layout.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from torch import Tensor
 
 SEP = "/"
@@ -37,6 +39,10 @@ FORMAT = "bouquet.packed/1"
 #: flattened server state's tensors in ``arrays`` and its other values in ``config``; the scores in the reply's
 #: ``metrics``. Inside the existing records, so folding adds no object to a message.
 EVAL = "eval:"
+#: packed bytes up to this size travel inline in a ConfigRecord (one object); larger ones as a chunked Array
+INLINE_LIMIT = 4 << 20
+#: a record that carries tensors: Flower's ArrayRecord, or a ConfigRecord holding inline packed bytes
+TensorRecord = ArrayRecord | ConfigRecord
 _DTYPES = {str(d).removeprefix("torch."): d for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.uint8,
     torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)}
@@ -49,13 +55,14 @@ def to_record(tensors: Mapping[str, Tensor]) -> ArrayRecord:
     return ArrayRecord(array_dict=arrays)
 
 
-def pack(tensors: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> ArrayRecord:
-    """A flat dict of tensors as a packed ``ArrayRecord``: one ``Array`` holding an index and all tensors' bytes;
-    ``meta`` (JSON values: a message's config or metrics) rides in the index, so it costs no record of its own."""
+def pack(tensors: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None) -> TensorRecord:
+    """A flat dict of tensors as one packed record (an index and all tensors' bytes: inline in a ``ConfigRecord``
+    up to ``INLINE_LIMIT``, else one ``Array``); ``meta`` (JSON values: a message's config or metrics) rides in
+    the index, so it costs no record of its own."""
     return pack_many(tensors, [meta])[0]
 
 
-def pack_many(tensors: Mapping[str, Tensor], metas: list[Mapping[str, Any] | None]) -> list[ArrayRecord]:
+def pack_many(tensors: Mapping[str, Tensor], metas: list[Mapping[str, Any] | None]) -> list[TensorRecord]:
     """``[pack(tensors, m) for m in metas]``, the tensors' bytes gathered once (one message per node)."""
     index, parts, offset = [], [], 0
     for name, t in tensors.items():
@@ -75,19 +82,29 @@ def pack_many(tensors: Mapping[str, Tensor], metas: list[Mapping[str, Any] | Non
             head["meta"] = dict(meta)
         header = json.dumps(head, separators=(",", ":")).encode()
         data = b"".join([struct.pack("<Q", len(header)), header, body])
-        out.append(ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)}))
+        out.append(_packed_record(data))
     return out
 
 
-def to_wire(tensors: Mapping[str, Tensor], packed: bool) -> ArrayRecord:
+def _packed_record(data: bytes) -> TensorRecord:
+    if len(data) <= INLINE_LIMIT:
+        return ConfigRecord({PACKED: data})
+    return ArrayRecord(array_dict={PACKED: Array(dtype="uint8", shape=(len(data),), stype=PACKED, data=data)})
+
+
+def _packed_bytes(record: TensorRecord) -> bytes:
+    return record[PACKED] if isinstance(record, ConfigRecord) else record[PACKED].data
+
+
+def to_wire(tensors: Mapping[str, Tensor], packed: bool) -> TensorRecord:
     """``tensors`` in the packed layout (``pack``) or Flower's plain one (``to_record``)."""
     return pack(tensors) if packed else to_record(tensors)
 
 
-def packed_meta(record: ArrayRecord, key: str = "arrays") -> dict[str, Any]:
+def packed_meta(record: TensorRecord, key: str = "arrays") -> dict[str, Any]:
     """The ``meta`` a packed record carries ({} when none); ValueError (naming ``key``) on a malformed one."""
     try:
-        header = _header(record[PACKED].data)[0]
+        header = _header(_packed_bytes(record))[0]
     except ValueError as err:
         raise ValueError(f"bouquet: error: {key!r}: malformed packed record ({PACKED}): {err}") from None
     meta = header.get("meta", {})
@@ -102,14 +119,16 @@ def content_values(content, name: str) -> dict[str, Any]:
     if name in content:
         return dict(content[name])
     arrays = content.get("arrays") if "arrays" in content else None
-    if isinstance(arrays, ArrayRecord) and is_packed(arrays):
+    if arrays is not None and is_packed(arrays):
         return packed_meta(arrays)
     return {}
 
 
-def is_packed(record: ArrayRecord) -> bool:
-    """Whether ``record`` is in the packed layout (``pack``)."""
-    return len(record) == 1 and PACKED in record and record[PACKED].stype == PACKED
+def is_packed(record: Any) -> bool:
+    """Whether ``record`` is in the packed layout (``pack``: inline in a ConfigRecord, or one Array)."""
+    if isinstance(record, ConfigRecord):
+        return len(record) == 1 and isinstance(record.get(PACKED), bytes)
+    return isinstance(record, ArrayRecord) and len(record) == 1 and PACKED in record and record[PACKED].stype == PACKED
 
 
 def _entries(data: bytes) -> tuple[list, int]:
@@ -134,10 +153,10 @@ def _header(data: bytes) -> tuple[dict, int]:
     return header, 8 + size
 
 
-def unpack(record: ArrayRecord, key: str = "arrays") -> dict[str, Tensor]:
-    """A packed ``ArrayRecord`` back as a flat dict of (writable) tensors; ``key``: its name in the message, for
-    the error a malformed record raises."""
-    data = record[PACKED].data
+def unpack(record: TensorRecord, key: str = "arrays") -> dict[str, Tensor]:
+    """A packed record back as a flat dict of (writable) tensors; ``key``: its name in the message, for the
+    error a malformed record raises."""
+    data = _packed_bytes(record)
     try:
         entries, start = _entries(data)
         body = torch.frombuffer(bytearray(data[start:]), dtype=torch.uint8) if len(data) > start else torch.empty(
@@ -170,10 +189,14 @@ def _entry(entry: Any) -> tuple[str, str, list[int], int, int]:
     return entry[0], entry[1], entry[2], entry[3], entry[4]
 
 
-def from_record(record: ArrayRecord, key: str = "arrays") -> dict[str, Tensor]:
-    """An ``ArrayRecord`` in either layout (plain or ``pack``) back as a flat dict of (writable) tensors."""
+def from_record(record: TensorRecord, key: str = "arrays") -> dict[str, Tensor]:
+    """A record in any layout (plain or ``pack``) back as a flat dict of (writable) tensors; ValueError naming
+    ``key`` for a record that holds no tensors."""
     if is_packed(record):
         return unpack(record, key)
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"bouquet: error: {key!r}: expected an ArrayRecord or a packed record ({PACKED}), got "
+                         f"a {type(record).__name__} with keys {sorted(record)[:5]}")
     return {k: torch.from_numpy(np.array(v.numpy(), copy=True)) for k, v in record.items()}
 
 

@@ -30,6 +30,7 @@ from .discovery import NodeDiscoveryError, Nodes, discover, rejoin
 from .job import FlowerJob
 from .records import (
     EVAL,
+    TensorRecord,
     content_values,
     flatten_state,
     from_record,
@@ -192,7 +193,7 @@ class BouquetStrategy(Strategy):
                 continue
             arrays = rep.content.get("arrays")
             try:
-                per_client = split_clients(from_record(arrays)) if isinstance(arrays, ArrayRecord) else {}
+                per_client = split_clients(from_record(arrays)) if isinstance(arrays, TensorRecord) else {}
                 metrics = content_values(rep.content, "metrics")
             except ValueError as err:  # a malformed packed record: the node's clients count as failed
                 log.warning("bouquet: round %d: node %s: %s", server_round, node, err)
