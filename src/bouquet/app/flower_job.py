@@ -21,7 +21,7 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, override with
     min-replies  fewest accepted client updates to aggregate a round (else the round is skipped)
     round-timeout  seconds the server waits for replies of one round
     node-wait    seconds the server waits for SuperNodes to connect before the first round
-    packed       true: tensors travel to and from bouquet's ClientApps packed, one Array per message
+    packed       true: tensors travel to and from bouquet's ClientApps packed, one record per message
                  (``flower.records.pack``); false: one Array per tensor, Flower's layout (stock apps always get it)
     fold-evaluation  true: round N's evaluation travels with round N + 1's train messages to bouquet's nodes (one
                  exchange per round, the same records); false: Flower's ``Strategy.start`` loop (train, then evaluate)

@@ -5,7 +5,7 @@ Modules (import them directly; ``flwr`` is an optional dependency, ``pip install
 - ``strategy``: ``BouquetStrategy``, the round driver as a Message-API ``Strategy``
 - ``client``: the ClientApp's handlers (query, train, evaluate) over ``engine.client_work``
 - ``job``: ``FlowerJob``, what both sides need of one (algorithm, seed)
-- ``records``: tensor dicts <-> ``ArrayRecord`` (Flower's layout, or packed: one Array), message key layout
+- ``records``: tensor dicts <-> records (Flower's ``ArrayRecord`` layout, or packed: one record), message key layout
 - ``discovery``: the query handshake (which node serves which client; the federation's ``DatasetInfo``)
 - ``node_state``: a node's clients' private states (``Context.state`` or a state directory of files)
 - ``deploy``: start/stop a SuperLink and SuperNodes on this machine (insecure, TLS, node authentication,

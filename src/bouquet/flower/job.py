@@ -30,7 +30,7 @@ class FlowerSettings:
     min_replies: int = 1
     round_timeout: float = 600.0
     node_wait: float = 120.0
-    packed: bool = True  # tensors to bouquet's nodes in one Array per message (records.pack); False: Flower's layout
+    packed: bool = True  # one packed record per tensor dict to and from bouquet's nodes; False: Flower's layout
     #: each evaluation rides on the next round's train messages (one exchange per round); False: Flower's loop
     fold_evaluation: bool = True
 
