@@ -283,6 +283,11 @@ def _conv_params(layer: Conv, lookup, pi: Tensor | None, k: int) -> tuple[Tensor
     return weight, _mixed_bias(bias, lora_bias, mix, layer.alpha)
 
 
+def _out_size(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """A conv's output length along one axis of a (padded) input of ``size``."""
+    return (size - dilation * (kernel - 1) - 1) // stride + 1
+
+
 class _Columns(torch.autograd.Function):
     """im2col of x [N, H, W, C] (padded already) as columns [N, kh*kw*C (+1), Ho*Wo], the rows ordered (kh, kw, C).
 
@@ -297,7 +302,7 @@ class _Columns(torch.autograd.Function):
                 dilation: tuple[int, int], ones: bool) -> Tensor:
         n, height, width, c = x.shape
         (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-        ho, wo = (height - dh * (kh - 1) - 1) // sh + 1, (width - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = _out_size(height, kh, sh, dh), _out_size(width, kw, sw, dw)
         st = x.stride()
         rows = kh * kw * c
         out = x.new_empty(n, rows + int(ones), ho * wo)
@@ -330,7 +335,7 @@ def _im2col_conv(x: Tensor, weight: Tensor, bias: Tensor | None, layer: Conv) ->
         xn = F.pad(xn, (0, 0, pw, pw, ph, ph))
     out_c, c, kh, kw = weight.shape[1:]
     cols = _Columns.apply(xn, (kh, kw), layer.stride, layer.dilation, bias is not None)  # [K*B, Q, Ho*Wo]
-    ho = (xn.shape[1] - layer.dilation[0] * (kh - 1) - 1) // layer.stride[0] + 1
+    ho = _out_size(xn.shape[1], kh, layer.stride[0], layer.dilation[0])
     wo = cols.shape[2] // ho
     wmat = weight.permute(0, 3, 4, 2, 1).reshape(k, kh * kw * c, out_c)
     if bias is not None:

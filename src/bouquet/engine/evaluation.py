@@ -31,6 +31,20 @@ def _chunks(n: int, size: int):
         yield torch.arange(start, min(n, start + size))
 
 
+def _score_in_chunks(arrays: SplitArrays, clients: Tensor, client_states: ClientStates, chunk: int,
+                     score) -> ClientScores:
+    """``score(states, batch) -> (score [K], loss [K])`` over ``clients`` ``chunk`` at a time, each client's
+    rows of ``arrays`` padded to the chunk's longest."""
+    scores, losses = [], []
+    for part in _chunks(len(clients), chunk):
+        ids = clients[part]
+        index, weight = padded_split(arrays, ids)
+        s, lo = score({k: v[ids] for k, v in client_states.items()}, arrays.gather(index, weight))
+        scores.append(s)
+        losses.append(lo)
+    return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
+
+
 def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays: SplitArrays,
                  clients: Tensor, *, vectorized: bool = True, chunk: int = 64) -> ClientScores:
     """Score ``params_fn(client_state) -> params`` of each client on its rows of ``arrays``."""
@@ -38,43 +52,29 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
     def one(cs, x, y, w):
         return client_score(alg.apply(params_fn(cs), x), y, w, alg.objective)
 
-    scores, losses = [], []
-    for part in _chunks(len(clients), chunk):
-        ids = clients[part]
-        index, weight = padded_split(arrays, ids)
-        batch = arrays.gather(index, weight)
-        states = {k: v[ids] for k, v in client_states.items()}
+    def score(states, batch):
         if vectorized:
-            s, lo = vmap(one, randomness="different")(states, batch["x"], batch["y"], batch["w"])
-        else:
-            pairs = []
-            for j in range(len(ids)):
-                keep = batch["w"][j] > 0
-                cs = {k: v[j] for k, v in states.items()}
-                pairs.append(one(cs, batch["x"][j][keep], batch["y"][j][keep], batch["w"][j][keep]))
-            s = torch.stack([p[0] for p in pairs])
-            lo = torch.stack([p[1] for p in pairs])
-        scores.append(s)
-        losses.append(lo)
-    return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
+            return vmap(one, randomness="different")(states, batch["x"], batch["y"], batch["w"])
+        pairs = []
+        for j in range(batch["w"].shape[0]):
+            keep = batch["w"][j] > 0
+            cs = {k: v[j] for k, v in states.items()}
+            pairs.append(one(cs, batch["x"][j][keep], batch["y"][j][keep], batch["w"][j][keep]))
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    return _score_in_chunks(arrays, clients, client_states, chunk, score)
 
 
 def score_forward(alg: Algorithm, forward, server: ServerState, client_states: ClientStates, arrays: SplitArrays,
                   clients: Tensor, *, chunk: int = 10) -> ClientScores:
     """Score each client's personalized model with a batched ``forward(params [K, ...], x [K, T, ...])``
     (the conv kernels' forward), ``chunk`` clients at a time."""
-    scores, losses = [], []
-    for part in _chunks(len(clients), chunk):
-        ids = clients[part]
-        index, weight = padded_split(arrays, ids)
-        batch = arrays.gather(index, weight)
-        states = {k: v[ids] for k, v in client_states.items()}
-        params = personalized_params(alg, server, states, len(ids))
-        out = forward(params, batch["x"])
-        s, lo = vmap(lambda o, y, w: client_score(o, y, w, alg.objective))(out, batch["y"], batch["w"])
-        scores.append(s)
-        losses.append(lo)
-    return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
+
+    def score(states, batch):
+        out = forward(personalized_params(alg, server, states, batch["w"].shape[0]), batch["x"])
+        return vmap(lambda o, y, w: client_score(o, y, w, alg.objective))(out, batch["y"], batch["w"])
+
+    return _score_in_chunks(arrays, clients, client_states, chunk, score)
 
 
 def personalized_params(alg: Algorithm, server: ServerState, client_states: ClientStates,

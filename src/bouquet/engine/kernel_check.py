@@ -100,5 +100,5 @@ class CheckedTrainer:
 
 
 def _wide(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """float32 (and narrower) floating tensors as float64 copies; the rest as they are."""
+    """Floating tensors as float64 (copies where narrower); the rest as they are."""
     return {k: v.double() if v.is_floating_point() else v for k, v in tensors.items()}
