@@ -75,6 +75,7 @@ SHORT_WAITS = "Flower deployment + workers, bouquet supernode short waits"
 BOTH = "Flower deployment + workers, packed records + bouquet supernode short waits"
 SIM_LOOP = "Flower simulation (Ray, 10 SuperNodes), Flower's loop (train, then evaluate)"
 BOTH_LOOP = BOTH + ", Flower's loop (train, then evaluate)"
+IN_NODE = "Flower deployment, worker in each SuperNode's process, packed records + short waits"
 
 
 def experiment(rounds: int):
@@ -107,7 +108,7 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
     """(message type, pull, app, push seconds) of every task the workers logged, each node's tasks after its
     first train message (which builds the job, once per run)."""
     out = []
-    for log in sorted(logs.glob("worker-*.log")):
+    for log in sorted([*logs.glob("worker-*.log"), *logs.glob("supernode-*.log")]):
         tasks = [(m[2], float(m[3]), float(m[4]), float(m[5])) for m in TASK_LINE.finditer(log.read_text())]
         first = next((i for i, t in enumerate(tasks) if t[0] == "train"), len(tasks))
         out += tasks[first + 1:]
@@ -116,7 +117,7 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
 
 def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
                    fast_polls: bool = False, packed: bool = True, short_waits: bool = False,
-                   fold: bool = True) -> tuple[list[float], float, list[dict], list]:
+                   fold: bool = True, in_node: bool = False) -> tuple[list[float], float, list[dict], list]:
     """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
     run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0,
                   "packed": packed, "fold-evaluation": fold}
@@ -132,7 +133,7 @@ def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = Fal
                 configs = [{"data-dir": str(d)} for d in dirs]
             start = time.perf_counter()
             with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
-                                 node_configs=configs, workers=workers,
+                                 node_configs=configs, workers=workers, worker_in_node=in_node,
                                  node_waits=SHORT if short_waits else FLOWER) as fed:
                 fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
                 res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
@@ -184,6 +185,7 @@ def main() -> None:
                         (FAST, dict(dep, packed=False, fast_polls=True, **old)), (PACKED, dict(dep, **old)),
                         (SHORT_WAITS, dict(dep, packed=False, short_waits=True, **old))]
     flower_rows += [(BOTH_LOOP, dict(dep, short_waits=True, **old)), (BOTH, dict(dep, short_waits=True)),
+                    (IN_NODE, dict(dep, short_waits=True, in_node=True)),
                     (SIM_AGAIN, dict(simulation=True, supernodes=10))]
     loads = {"start": os.getloadavg()}
     for name, kw in flower_rows:

@@ -1,9 +1,9 @@
-"""Long-lived node workers (``bouquet node-worker`` beside ``flower-supernode --isolation process``) with real
-Flower processes: a run computes the local engine's numbers, and a worker outlives a ClientApp that raised.
-One federation for the module: its workers serve both tests' runs (two FABs) without restarting."""
+"""Long-lived node workers with real Flower processes, both ways: a ``bouquet node-worker`` process beside each
+``flower-supernode --isolation process``, and the worker as a thread of ``bouquet supernode --worker``. A run
+computes the local engine's numbers, and a worker outlives a ClientApp that raised. One federation per way: its
+workers serve both tests' runs (two FABs) without restarting."""
 
 import time
-from pathlib import Path
 
 import pytest
 import tomli_w
@@ -54,12 +54,22 @@ def main(grid, context):
 '''
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    fed = LocalFederation(tmp_path_factory.mktemp("workers"), num_supernodes=3, workers=True)
+@pytest.fixture(scope="module", params=["worker-process", "worker-in-node"])
+def federation(request, tmp_path_factory):
+    in_node = request.param == "worker-in-node"
+    fed = LocalFederation(tmp_path_factory.mktemp("workers"), num_supernodes=3, workers=True, worker_in_node=in_node)
     with fed:
         yield fed
     assert all(p.poll() is not None for p in fed.procs)
+
+
+def _task_log(fed: LocalFederation, i: int) -> str:
+    """Node i's worker lines: the worker's own log, or its SuperNode's when the worker is a thread of it."""
+    return (fed.logs / (f"supernode-{i}.log" if fed.worker_in_node else f"worker-{i}.log")).read_text()
+
+
+def _serving_pids(fed: LocalFederation) -> list[int]:
+    return sorted(p.pid for p in (fed.supernodes if fed.worker_in_node else fed.workers))
 
 
 def test_floral_with_node_workers_matches_the_local_engine(federation, tmp_path):
@@ -70,10 +80,12 @@ def test_floral_with_node_workers_matches_the_local_engine(federation, tmp_path)
     assert_same_metrics(records, local_records(TEXT, "floral"))
     assert len(set(records[0]["nodes"].values())) == 3
     # every ClientApp task ran in the node's one worker: no SuperNode started a process of its own
-    assert all("--isolation process" in " ".join(p.args) for p in federation.supernodes)
+    flag = "--worker" if federation.worker_in_node else "--isolation process"
+    assert all(flag in " ".join(p.args) for p in federation.supernodes)
     assert all(process_tree(p.pid) == [p.pid] for p in federation.supernodes)
+    assert federation.worker_in_node == (federation.workers == [None] * 3)
     for i in range(3):
-        log = (federation.logs / f"worker-{i}.log").read_text()
+        log = _task_log(federation, i)
         assert "(train): completed" in log and "(evaluate): completed" in log, log[-2000:]
 
 
@@ -87,13 +99,30 @@ def test_a_worker_survives_a_clientapp_that_raises(federation, tmp_path):
     (app / "pyproject.toml").write_text(tomli_w.dumps({
         "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
         "project": project, "tool": {"flwr": {"app": {"publisher": "bouquet", "components": components}}}}))
-    before = [w.pid for w in federation.workers]
+    before = _serving_pids(federation)
     res = federation.run_app(app, timeout=300)
     errors = [line for line in res.stdout.splitlines() if "probe-error" in line]
     pids = sorted(int(line.split("probe-pid", 1)[1]) for line in res.stdout.splitlines() if "probe-pid" in line)
     assert len(errors) == 3 and all("boom on purpose" in e for e in errors), res.stdout[-3000:]
-    assert pids == sorted(before)  # the next message was served by the same (long-lived) worker processes
+    assert pids == before  # the next message was served by the same (long-lived) worker processes
     time.sleep(0.5)
-    assert all(w.poll() is None for w in federation.workers)
-    log = Path(federation.logs / "worker-0.log").read_text()
+    assert all(p.poll() is None for p in [*federation.supernodes, *filter(None, federation.workers)])
+    log = _task_log(federation, 0)
     assert "ClientApp raised an exception" in log and "RuntimeError: boom on purpose" in log
+
+
+def test_a_tasks_first_heartbeat_is_skipped_the_later_ones_sent():
+    from flwr.proto.runtime_pb2 import SendTaskHeartbeatResponse  # pylint: disable=E0611
+
+    from bouquet.flower.node_worker import _heartbeat
+
+    class Client:
+        beats = 0
+
+        def SendTaskHeartbeat(self, req):  # noqa: N802 (Flower's name)
+            Client.beats += 1
+            return SendTaskHeartbeatResponse(success=True)
+
+    beat = _heartbeat(Client())
+    assert beat() and Client.beats == 0  # due when the task starts, right after its claim: not sent
+    assert beat() and beat() and Client.beats == 2

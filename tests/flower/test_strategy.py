@@ -138,3 +138,25 @@ def test_discovery_fails_when_a_partition_has_no_node():
     grid = LoopbackGrid(client_app, rc, 3, fail=lambda node, msg: node == 102)
     with pytest.raises(NodeDiscoveryError, match="partitions"):
         BouquetStrategy(load_job(rc)).discover(grid)
+
+
+def test_bouquets_nodes_share_one_train_content_pushed_once():
+    """Packed train messages to several bouquet nodes carry one content (the same Flower object ids), so the
+    SuperLink receives the payload once; each node still trains only the clients named for it."""
+    sent = []
+
+    class Recording(LoopbackGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            messages = list(messages)
+            sent.append(messages)
+            return super().send_and_receive(messages, timeout=timeout)
+
+    rc = {"experiment": SMALL, "algorithm": "fedavg", "seed": 0, "fold-evaluation": True}
+    strategy = BouquetStrategy(load_job(rc))
+    strategy.start(Recording(client_app, rc, 3))
+    train = [m for m in sent[1] if m.metadata.message_type == MessageType.TRAIN]
+    assert len(train) == 3
+    assert len({m.content.object_id for m in train}) == 1
+    assert len({m.object_id for m in train}) == 3  # one message per node all the same
+    cfg = content_values(train[0].content, "config")
+    assert sorted(c for cs in cfg["clients"].values() for c in cs) == sorted(cfg["sampled"])

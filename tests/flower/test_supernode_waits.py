@@ -1,6 +1,8 @@
 """``bouquet supernode``: Flower's fixed SuperNode waits as options, refused on a Flower it was not written for."""
 
 import functools
+import threading
+import time
 
 import flwr
 import flwr.supernode.start_client_internal as flower_node
@@ -39,6 +41,7 @@ def test_apply_patches_only_that_module(monkeypatch):
     monkeypatch.setattr(flower_node, "time", flower_node.time)
     monkeypatch.setattr(flower_node, "pull_objects", flower_node.pull_objects)
     monkeypatch.setattr(flower_node, "_push_messages", flowers_push)
+    monkeypatch.setattr(flower_node, "_pull_and_store_message", flower_node._pull_and_store_message)
     apply(Waits(idle=0.25, reply=0.05, object_retry=0.01, busy=0.01))
     assert isinstance(flower_node.time, PacedTime) and flower_node.time.idle == 0.25
     pull = flower_node.pull_objects
@@ -73,3 +76,37 @@ def test_options_and_defaults():
     assert SHORT.args()[:6] == ["--idle-wait", "3.0", "--busy-wait", "0.05", "--busy-window", "10.0"]
     with pytest.raises(SystemExit):
         main(["--idle-wait", "0"])
+
+
+def test_a_reply_event_ends_the_reply_wait_and_a_stored_message_sets_the_arrival_event(monkeypatch):
+    slept = []
+    monkeypatch.setattr(supernode.time, "sleep", slept.append)
+    replied = threading.Event()
+    paced = PacedTime(idle=3.0, reply=5.0, replied=replied)
+    replied.set()
+    start = time.monotonic()
+    paced.sleep(0.5)  # Flower's reply wait: over at once, the event used up
+    assert time.monotonic() - start < 1 and not replied.is_set() and slept == []
+    paced.sleep(3)
+    assert slept == [3.0]  # the idle wait is unchanged
+
+    runs = iter([None, 42])
+
+    def flowers_pull(state, object_store, node_config, receive, get_run, get_fab, pull_object,
+                     confirm_message_received, trusted_entities):  # the shape of Flower's _pull_and_store_message
+        return next(runs)
+
+    monkeypatch.setattr(flower_node, "time", flower_node.time)
+    monkeypatch.setattr(flower_node, "pull_objects", flower_node.pull_objects)
+    monkeypatch.setattr(flower_node, "_push_messages", flower_node._push_messages)
+    monkeypatch.setattr(flower_node, "_pull_and_store_message", flowers_pull)
+    arrived = threading.Event()
+    apply(SHORT, arrived, replied)
+    assert flower_node.time.replied is replied
+    assert flower_node._pull_and_store_message(*[None] * 9) is None and not arrived.is_set()  # nothing came
+    assert flower_node._pull_and_store_message(*[None] * 9) == 42 and arrived.is_set()  # a message: its task is up
+
+
+def test_worker_in_node_needs_process_isolation(capsys):
+    assert main(["--worker", "--", "--insecure", "--superlink", "127.0.0.1:1", "--isolation", "subprocess"]) == 2
+    assert "needs --isolation process" in capsys.readouterr().err

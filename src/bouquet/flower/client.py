@@ -22,6 +22,7 @@ from .records import (
     EVAL,
     add_client,
     content_values,
+    for_node,
     from_record,
     is_packed,
     match_global,
@@ -107,7 +108,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
     """Local training of every client named in the message; uploads prefixed ``c<id>/``. Private states
     live in ``store`` (default: ``Context.state``)."""
     store = ContextStore(context) if store is None else store
-    cfg = content_values(msg.content, "config")
+    cfg = for_node(content_values(msg.content, "config"), context.node_id)
     if "clients" not in cfg:
         return _stock_train(msg, context, job, store)
     incoming = from_record(msg.content["arrays"])
@@ -139,7 +140,7 @@ def train_reply(msg: Message, context: Context, job: FlowerJob, store: Store | N
 def evaluate_reply(msg: Message, context: Context, job: FlowerJob, store: Store | None = None) -> Message:
     """Every named client's personalized model on its own test split."""
     store = ContextStore(context) if store is None else store
-    cfg = content_values(msg.content, "config")
+    cfg = for_node(content_values(msg.content, "config"), context.node_id)
     if "clients" not in cfg:  # Flower's convention: the plain global model, this node's partition
         cid, payload, _ = _stock(msg, context, job)
         train, test = job.client_rows(cid)

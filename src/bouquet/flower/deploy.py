@@ -131,7 +131,7 @@ class LocalFederation:
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
                  node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
                  database: bool = False, workers: bool = False, worker_poll: float = 0.05,
-                 node_waits: Waits | None = None):
+                 node_waits: Waits | None = None, worker_in_node: bool = False):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -144,6 +144,9 @@ class LocalFederation:
         self.database = self.dir / "superlink-state.db" if database else None
         # one long-lived ``bouquet node-worker`` per SuperNode (``--isolation process``), polling every worker_poll s
         self.use_workers, self.worker_poll = workers, worker_poll
+        # with workers: each worker a thread of its SuperNode's process (``bouquet supernode --worker``), woken by
+        # the node's messages, instead of a process of its own polling every worker_poll s
+        self.worker_in_node = workers and worker_in_node
         # the SuperNodes' fixed waits (Flower's 3 s idle poll...): short ones beside workers unless told
         self.node_waits = node_waits if node_waits is not None else SHORT if workers else FLOWER
         self.port = free_port()
@@ -236,8 +239,9 @@ class LocalFederation:
         extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
         config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
         port = free_port()
-        launcher = ([_bin("flower-supernode")] if self.node_waits == FLOWER else
-                    [sys.executable, "-m", "bouquet", "supernode", *self.node_waits.args(), "--"])
+        in_node = ["--worker", "--preload", "bouquet.app.flower_apps"] if self.worker_in_node else []
+        launcher = ([_bin("flower-supernode")] if self.node_waits == FLOWER and not in_node else
+                    [sys.executable, "-m", "bouquet", "supernode", *self.node_waits.args(), *in_node, "--"])
         args = [*launcher, *self._security(False), "--superlink", self.address,
                 "--port", str(port), "--node-config", _config_args(config)]
         if key is None and self.node_keys and partition_id < len(self.node_keys):
@@ -250,7 +254,7 @@ class LocalFederation:
         worker = self._spawn(f"worker-{partition_id}", [
             sys.executable, "-m", "bouquet", "node-worker", "--runtime-api-address", f"127.0.0.1:{port}",
             "--insecure", "--parent-pid", str(proc.pid), "--poll-interval", str(self.worker_poll),
-            "--preload", "bouquet.app.flower_apps"]) if self.use_workers else None
+            "--preload", "bouquet.app.flower_apps"]) if self.use_workers and not self.worker_in_node else None
         if index is None:
             self.supernodes.append(proc)
             self.workers.append(worker)

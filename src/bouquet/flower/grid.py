@@ -5,7 +5,8 @@ runtime (``HttpGrid``; 0.1 s in the simulation runtime's ``InMemoryGrid``), so a
 messages costs at least 6 s however fast the nodes answer. ``PromptGrid`` wraps the deployment's grid and does
 the same with Flower's own ``push_messages`` / ``pull_messages``, polling after 10 ms, then doubling up to
 ``longest`` seconds: a reply is seen at most about as late as it has already taken, and never more than
-``longest`` late (default 0.05 s: at most 20 polls a second while replies are due). Everything else is the
+``longest`` late (default 0.05 s: at most 20 polls a second while replies are due). A poll that found replies
+starts the doubling again at 10 ms: the other nodes of a round tend to finish soon after. Everything else is the
 wrapped grid's. ``prompt`` wraps only ``HttpGrid``: the simulation
 runtime (and test grids) keep their own ``send_and_receive``.
 
@@ -131,7 +132,8 @@ class PromptGrid(Grid):
             if not waiting or (left is not None and left <= 0):
                 break
             time.sleep(wait if left is None else min(wait, left))
-            wait = min(2 * wait, self.longest)
+            # replies come in bunches (one round's nodes finish together): after a reply, look again soon
+            wait = 0.01 if got else min(2 * wait, self.longest)
         return replies
 
     def __getattr__(self, name: str):  # anything else a runtime's grid offers

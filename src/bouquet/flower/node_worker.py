@@ -28,6 +28,7 @@ import importlib
 import logging
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -104,10 +105,17 @@ def pull_task_input(client: RuntimeHttpClient) -> tuple[Message, Context, Run, F
 
 def _heartbeat(client: RuntimeHttpClient) -> Callable[[], bool]:
     """The task heartbeat: False (retried with backoff) when the SuperNode is unreachable. Flower's version raises
-    SIGINT when the SuperNode refuses it, which would end the worker; this one logs and lets the task finish."""
+    SIGINT when the SuperNode refuses it, which would end the worker; this one logs and lets the task finish.
+    The first beat, due the moment the task starts, is skipped: the claim just told the SuperNode the task is
+    alive, and that beat would be one more request competing with the task's pull (the next is due in ~20 s,
+    within Flower's 60 s patience)."""
     req = SendTaskHeartbeatRequest()
+    first = [True]
 
     def beat() -> bool:
+        if first[0]:
+            first[0] = False
+            return True
         try:
             res = client.SendTaskHeartbeat(req)
         except httpx.TransportError:
@@ -126,9 +134,15 @@ class NodeWorker:
     """Claims and runs the ClientApp tasks of one SuperNode (``--isolation process``), one at a time, in-process."""
 
     def __init__(self, runtime_api_address: str, *, insecure: bool = True, root_certificates: bytes | None = None,
-                 auth_secret: bytes | None = None, poll_interval: float = 0.05):
+                 auth_secret: bytes | None = None, poll_interval: float = 0.05,
+                 wake: threading.Event | None = None, replied: threading.Event | None = None):
         self.address, self.insecure, self.certs = runtime_api_address, insecure, root_certificates
         self.poll_interval = poll_interval
+        #: in the SuperNode's own process (``bouquet supernode --worker``): set when a message arrived, so the
+        #: worker claims its task at once instead of at its next poll (``poll_interval`` is then only a fallback)
+        self.wake = wake
+        #: set once a reply is pushed, so the SuperNode sends it on at once instead of at its next look
+        self.replied = replied
         #: ClientApp per FAB hash (the FAB installed once)
         self.apps: dict[str, tuple[ClientApp, Path]] = {}
         self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
@@ -189,6 +203,8 @@ class NodeWorker:
             try:
                 if reply is not None and context is not None:
                     push_message(client, reply, context)
+                    if self.replied is not None:
+                        self.replied.set()
             except Exception as ex:  # e.g. the run was stopped meanwhile (HTTP 403)
                 log.error("failed to push the reply message: %s", ex)
                 status = SubStatus.FAILED
@@ -207,6 +223,8 @@ class NodeWorker:
         """Claim and run tasks until stopped (SIGTERM/SIGINT), or until ``max_tasks`` tasks ran."""
         down = False
         while max_tasks is None or self.tasks < max_tasks:
+            if self.wake is not None:
+                self.wake.clear()  # before the claim: a message stored after this sets it again
             try:
                 token = self.acquire()
             except httpx.HTTPError as err:  # the SuperNode is not up yet, or restarting: keep trying
@@ -223,12 +241,48 @@ class NodeWorker:
                 log.info("connected to the SuperNode Runtime API %s", self.address)
                 down = False
             if token is None:
-                time.sleep(self.poll_interval)
+                if self.wake is not None:
+                    self.wake.wait(self.poll_interval)
+                else:
+                    time.sleep(self.poll_interval)
             else:
                 self.run_task(token)  # then look for the next task at once
 
     def close(self) -> None:
         self.poller.close()
+
+
+def start_in_node(address: str, *, insecure: bool, root_certificates: bytes | None, auth_secret: bytes | None,
+                  wake: threading.Event, replied: threading.Event, preload: Sequence[str] = ()) -> threading.Thread:
+    """Serve the SuperNode's tasks from a daemon thread of the SuperNode's own process (``bouquet supernode
+    --worker``): woken by ``wake`` when a message arrives, ``replied`` set when a reply is pushed, ``poll_interval``
+    0.5 s only as a fallback. One process per node instead of two, and no claim polls between messages."""
+    _worker_logging()
+    for module in preload:
+        importlib.import_module(module)
+    worker = NodeWorker(address, insecure=insecure, root_certificates=root_certificates, auth_secret=auth_secret,
+                        poll_interval=0.5, wake=wake, replied=replied)
+
+    def serve() -> None:
+        log.info("serving ClientApp tasks of the SuperNode at %s from its own process", address)
+        try:
+            worker.serve()
+        finally:
+            worker.close()
+
+    thread = threading.Thread(target=serve, name="bouquet-node-worker", daemon=True)
+    thread.start()
+    return thread
+
+
+def _worker_logging() -> None:
+    """The worker's lines (a line per task) on stderr, httpx's not (a line per poll)."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s bouquet node-worker: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -257,9 +311,7 @@ def _stop(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``bouquet node-worker``: serve the SuperNode's ClientApp tasks until stopped."""
     args = _parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(asctime)s bouquet node-worker: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per poll
+    _worker_logging()
     if args.insecure and args.root_certificates:
         raise SystemExit("bouquet node-worker: error: --insecure and --root-certificates exclude each other")
     certs = None

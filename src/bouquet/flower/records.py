@@ -124,6 +124,46 @@ def content_values(content, name: str) -> dict[str, Any]:
     return {}
 
 
+#: the key of a shared config that names its per-node entries (``shared_config``)
+BY_NODE = "by-node"
+#: per-node values (client ids) up to which one config is shared by all nodes of a round
+SHARED_LIMIT = 4096
+
+
+def shared_config(configs: Mapping[int, Mapping[str, Any]], limit: int = SHARED_LIMIT) -> dict[str, Any] | None:
+    """One config for every node of ``configs`` (node id -> config): the entries they agree on as they are, each
+    other entry as ``{"<node id>": value}``, listed under ``BY_NODE``. Identical message contents are one object
+    for Flower, pushed to the SuperLink once for all nodes. None when a per-node entry is missing on some node,
+    or the per-node values hold more than ``limit`` items (every node would download them all)."""
+    keys = {k for c in configs.values() for k in c}
+    first = next(iter(configs.values()))
+    out: dict[str, Any] = {}
+    per_node, items = [], 0
+    for key in sorted(keys):
+        if any(key not in c for c in configs.values()):
+            return None
+        if all(c[key] == first[key] for c in configs.values()):
+            out[key] = first[key]
+            continue
+        out[key] = {str(node): c[key] for node, c in configs.items()}
+        per_node.append(key)
+        items += sum(len(v) if isinstance(v, list | tuple) else 1 for v in out[key].values())
+    if items > limit or BY_NODE in keys:
+        return None
+    if per_node:
+        out[BY_NODE] = per_node
+    return out
+
+
+def for_node(config: Mapping[str, Any], node_id: int) -> dict[str, Any]:
+    """A node's view of a (possibly shared) config: each entry listed under ``BY_NODE`` replaced by the node's
+    own value. A node the entry does not name gets an empty list (it serves none of those clients)."""
+    out = dict(config)
+    for key in out.pop(BY_NODE, []):
+        out[key] = out[key].get(str(node_id), [])
+    return out
+
+
 def is_packed(record: Any) -> bool:
     """Whether ``record`` is in the packed layout (``pack``: inline in a ConfigRecord, or one Array)."""
     if isinstance(record, ConfigRecord):

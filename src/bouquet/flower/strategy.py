@@ -35,6 +35,7 @@ from .records import (
     flatten_state,
     from_record,
     pack_many,
+    shared_config,
     split_clients,
     to_record,
 )
@@ -106,7 +107,11 @@ class BouquetStrategy(Strategy):
                 for n, cs in by_node.items()}
         ours = [n for n in by_node if not is_stock[n]]
         packed = self.job.settings.packed
-        wire = dict(zip(ours, pack_many(tensors, [cfgs[n] for n in ours]), strict=True)) if packed and ours else {}
+        shared = shared_config({n: cfgs[n] for n in ours}) if packed and len(ours) > 1 else None
+        if shared is not None:  # one content for all of bouquet's nodes: Flower pushes it to the SuperLink once
+            wire = dict.fromkeys(ours, pack_many(tensors, [shared])[0])
+        else:
+            wire = dict(zip(ours, pack_many(tensors, [cfgs[n] for n in ours]), strict=True)) if packed and ours else {}
         plain = to_record(tensors) if not packed and ours else None
         out = []
         for node in by_node:

@@ -36,9 +36,11 @@ import argparse
 import functools
 import inspect
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import flwr
 import flwr.supernode.start_client_internal as flower_node
@@ -78,10 +80,12 @@ SHORT = Waits(idle=3.0, reply=0.02, object_retry=0.01, busy=0.05, window=10.0)
 
 class PacedTime:
     """The ``time`` module, but ``sleep(3)`` sleeps ``idle`` seconds (``busy`` within ``window`` seconds after
-    ``handled()``) and ``sleep(0.5)`` sleeps ``reply`` seconds."""
+    ``handled()``) and ``sleep(0.5)`` sleeps ``reply`` seconds, or until ``replied`` is set (a worker in this
+    process pushed a reply)."""
 
-    def __init__(self, idle: float, reply: float, busy: float | None = None, window: float = 10.0):
-        self.idle, self.reply, self.busy, self.window = idle, reply, busy, window
+    def __init__(self, idle: float, reply: float, busy: float | None = None, window: float = 10.0,
+                 replied: threading.Event | None = None):
+        self.idle, self.reply, self.busy, self.window, self.replied = idle, reply, busy, window, replied
         self.last = -float("inf")  # time.monotonic() of the last message handled
 
     def handled(self) -> None:
@@ -94,6 +98,10 @@ class PacedTime:
         return self.busy if busy else self.idle
 
     def sleep(self, seconds: float) -> None:
+        if seconds == _REPLY and self.replied is not None:
+            self.replied.wait(self.reply)
+            self.replied.clear()  # Flower looks for the reply right after this sleep
+            return
         time.sleep(self.idle_wait() if seconds == _IDLE else self.reply if seconds == _REPLY else seconds)
 
     def __getattr__(self, name: str):
@@ -118,25 +126,39 @@ def check_flower() -> None:
     push = getattr(flower_node, "_push_messages", None)
     if not callable(push) or "object_store" not in inspect.signature(getattr(push, _WRAPPED, push)).parameters:
         problems.append("it has no _push_messages(state, object_store, ...)")
+    pull = getattr(flower_node, "_pull_and_store_message", None)
+    if not callable(pull) or "object_store" not in inspect.signature(getattr(pull, _WRAPPED, pull)).parameters:
+        problems.append("it has no _pull_and_store_message(state, object_store, ...)")
     if problems:
         raise RuntimeError(f"bouquet supernode: error: flwr.supernode.start_client_internal is not what this patches "
                            f"({'; '.join(problems)}); use flower-supernode")
 
 
-def apply(waits: Waits) -> None:
-    """Give this process's Flower SuperNode the ``waits`` (after ``check_flower``)."""
+def apply(waits: Waits, arrived: threading.Event | None = None, replied: threading.Event | None = None) -> None:
+    """Give this process's Flower SuperNode the ``waits`` (after ``check_flower``). ``arrived`` is set whenever the
+    node stored a message (its task can be claimed); a set ``replied`` ends the reply wait early."""
     check_flower()
-    paced = PacedTime(waits.idle, waits.reply, waits.busy, waits.window)
+    paced = PacedTime(waits.idle, waits.reply, waits.busy, waits.window, replied)
     flower_node.time = paced
     push = getattr(flower_node._push_messages, _WRAPPED, flower_node._push_messages)
+    pull = getattr(flower_node._pull_and_store_message, _WRAPPED, flower_node._pull_and_store_message)
 
     @functools.wraps(push)
     def push_after_message(*args, **kwargs):
         paced.handled()
         return push(*args, **kwargs)
 
+    @functools.wraps(pull)
+    def pull_and_tell(*args, **kwargs):
+        run_id = pull(*args, **kwargs)
+        if run_id is not None and arrived is not None:
+            arrived.set()
+        return run_id
+
     setattr(push_after_message, _WRAPPED, push)
+    setattr(pull_and_tell, _WRAPPED, pull)
     flower_node._push_messages = push_after_message
+    flower_node._pull_and_store_message = pull_and_tell
     flower_node.pull_objects = functools.partial(inflatable_utils.pull_objects, initial_backoff=waits.object_retry,
                                                  backoff_cap=max(1.0, waits.object_retry))
 
@@ -161,7 +183,38 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds between looks for the ClientApp's reply (Flower: 0.5)")
     p.add_argument("--object-retry", type=_seconds, default=FLOWER.object_retry, metavar="S",
                    help="first retry of a message object not on the SuperLink yet, doubling up to 1 s (Flower: 1)")
+    p.add_argument("--worker", action="store_true", help="run the node worker (bouquet node-worker) in this process, "
+                   "woken when a message arrives; implies --isolation process")
+    p.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                   help="with --worker: import MODULE at start (e.g. bouquet.app.flower_apps; repeatable)")
     return p
+
+
+def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Event) -> tuple[list[str], threading.Event]:
+    """Start a node worker thread for the SuperNode that ``rest`` (Flower's arguments) describes, on its Runtime
+    API (``--host``/``--port``, TLS when ``--ssl-certfile``, ``--superexec-auth-secret-file``). Returns ``rest``
+    with ``--isolation process`` and the event the SuperNode sets when a message arrived."""
+    from flwr.supercore.auth import load_superexec_auth_secret
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    from .node_worker import start_in_node
+
+    given = _parse_args_run_supernode().parse_args(rest)  # Flower's own parser: its errors, its defaults
+    if "--isolation" not in rest:
+        rest = [*rest, "--isolation", "process"]
+    elif given.isolation != "process":
+        raise RuntimeError(f"bouquet supernode: error: --worker runs the ClientApps itself; it needs --isolation "
+                           f"process, not {given.isolation}")
+    host = "127.0.0.1" if given.host in ("", "0.0.0.0", "::") else given.host
+    insecure = given.ssl_certfile is None
+    certs = None
+    if not insecure and given.ssl_ca_certfile:
+        certs = Path(given.ssl_ca_certfile).expanduser().read_bytes()
+    secret = load_superexec_auth_secret(secret_file=given.superexec_auth_secret_file)
+    arrived = threading.Event()
+    start_in_node(f"{host}:{given.port}", insecure=insecure, root_certificates=certs, auth_secret=secret,
+                  wake=arrived, replied=replied, preload=preload)
+    return rest, arrived
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -175,14 +228,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         print()
     waits = Waits(ours.idle_wait, ours.reply_wait, ours.object_retry, ours.busy_wait, ours.busy_window)
+    arrived = replied = None
     try:
-        apply(waits)
-    except RuntimeError as err:
-        print(err, file=sys.stderr)
+        check_flower()
+        if ours.worker:
+            replied = threading.Event()
+            rest, arrived = _worker_in_node(rest, ours.preload, replied)
+        apply(waits, arrived, replied)
+    except (RuntimeError, ValueError, OSError) as err:
+        print(err if str(err).startswith("bouquet") else f"bouquet supernode: error: {err}", file=sys.stderr)
         return 2
     busy = "" if waits.busy is None else f" ({waits.busy} s for {waits.window} s after a message)"
     print(f"bouquet supernode: Flower {flwr.__version__} SuperNode, idle wait {waits.idle} s{busy}, reply wait "
-          f"{waits.reply} s, first object retry {waits.object_retry} s", file=sys.stderr, flush=True)
+          f"{waits.reply} s, first object retry {waits.object_retry} s{', node worker in this process' * ours.worker}",
+          file=sys.stderr, flush=True)
     sys.argv = ["flower-supernode", *rest]
     flower_supernode()
     return 0
