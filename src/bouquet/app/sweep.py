@@ -95,13 +95,15 @@ def plan(config: str | Path, out: Path, algorithms: list[str] | None, seeds: lis
 
 
 class _Follower:
-    """A thread that reports finished (algorithm, seed) runs of one run directory from its metrics.jsonl."""
+    """A thread that reports finished (algorithm, seed) runs of one run directory from its metrics.jsonl, each new
+    count once: a read that catches the file mid-write (fewer lines) reports nothing."""
 
     def __init__(self, path: Path, rounds: int, report: Callable[[int], None]):
         self.path, self.rounds, self.report = path, rounds, report
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.seen: tuple[float, int] | None = None
+        self.count = 0
 
     def _finished(self) -> int:
         try:
@@ -125,7 +127,8 @@ class _Follower:
     def _loop(self) -> None:
         while not self.stop.wait(0.2):
             n = self._finished()
-            if n >= 0:
+            if n > self.count:
+                self.count = n
                 self.report(n)
 
     def __enter__(self) -> _Follower:

@@ -47,6 +47,8 @@ import flwr.supernode.start_client_internal as flower_node
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supernode.cli.flower_supernode import flower_supernode
 
+from .node_worker import start_in_node
+
 #: Flower versions whose SuperNode module this patches (checked with ``check_flower``)
 SUPPORTED = ("1.42.0",)
 _IDLE, _REPLY = 3, 0.5  # Flower 1.42's fixed sleeps in start_client_internal.py
@@ -197,7 +199,6 @@ def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Even
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
-    from .node_worker import start_in_node
 
     given = _parse_args_run_supernode().parse_args(rest)  # Flower's own parser: its errors, its defaults
     if "--isolation" not in rest:
