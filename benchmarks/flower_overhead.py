@@ -76,6 +76,7 @@ BOTH = "Flower deployment + workers, packed records + bouquet supernode short wa
 SIM_LOOP = "Flower simulation (Ray, 10 SuperNodes), Flower's loop (train, then evaluate)"
 BOTH_LOOP = BOTH + ", Flower's loop (train, then evaluate)"
 IN_NODE = "Flower deployment, worker in each SuperNode's process, packed records + short waits"
+IN_NODE_HTTP = IN_NODE + ", its Runtime API over HTTP"
 
 
 def experiment(rounds: int):
@@ -117,7 +118,7 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
 
 def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
                    fast_polls: bool = False, packed: bool = True, short_waits: bool = False,
-                   fold: bool = True, in_node: bool = False) -> tuple[list[float], float, list[dict], list]:
+                   fold: bool = True, in_node: str | None = None) -> tuple[list[float], float, list[dict], list]:
     """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
     run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0,
                   "packed": packed, "fold-evaluation": fold}
@@ -133,7 +134,8 @@ def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = Fal
                 configs = [{"data-dir": str(d)} for d in dirs]
             start = time.perf_counter()
             with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
-                                 node_configs=configs, workers=workers, worker_in_node=in_node,
+                                 node_configs=configs, workers=workers, worker_in_node=in_node is not None,
+                                 worker_over_http=in_node == "http",
                                  node_waits=SHORT if short_waits else FLOWER) as fed:
                 fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
                 res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
@@ -185,7 +187,8 @@ def main() -> None:
                         (FAST, dict(dep, packed=False, fast_polls=True, **old)), (PACKED, dict(dep, **old)),
                         (SHORT_WAITS, dict(dep, packed=False, short_waits=True, **old))]
     flower_rows += [(BOTH_LOOP, dict(dep, short_waits=True, **old)), (BOTH, dict(dep, short_waits=True)),
-                    (IN_NODE, dict(dep, short_waits=True, in_node=True)),
+                    (IN_NODE_HTTP, dict(dep, short_waits=True, in_node="http")),
+                    (IN_NODE, dict(dep, short_waits=True, in_node="direct")),
                     (SIM_AGAIN, dict(simulation=True, supernodes=10))]
     loads = {"start": os.getloadavg()}
     for name, kw in flower_rows:

@@ -87,6 +87,8 @@ def test_floral_with_node_workers_matches_the_local_engine(federation, tmp_path)
     for i in range(3):
         log = _task_log(federation, i)
         assert "(train): completed" in log and "(evaluate): completed" in log, log[-2000:]
+        if federation.worker_in_node:  # the thread called its node's handlers, no HTTP between them
+            assert "Runtime API handlers called in-process" in log, log[:2000]
 
 
 def test_a_worker_survives_a_clientapp_that_raises(federation, tmp_path):

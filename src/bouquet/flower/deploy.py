@@ -131,7 +131,8 @@ class LocalFederation:
                  tls: TLSFiles | None = None, startup_timeout: float = 60.0,
                  node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
                  database: bool = False, workers: bool = False, worker_poll: float = 0.05,
-                 node_waits: Waits | None = None, worker_in_node: bool = False):
+                 node_waits: Waits | None = None, worker_in_node: bool = False,
+                 worker_over_http: bool = False):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -147,6 +148,8 @@ class LocalFederation:
         # with workers: each worker a thread of its SuperNode's process (``bouquet supernode --worker``), woken by
         # the node's messages, instead of a process of its own polling every worker_poll s
         self.worker_in_node = workers and worker_in_node
+        # an in-node worker calls its SuperNode's Runtime API handlers directly, or over HTTP as a separate one does
+        self.worker_over_http = worker_over_http
         # the SuperNodes' fixed waits (Flower's 3 s idle poll...): short ones beside workers unless told
         self.node_waits = node_waits if node_waits is not None else SHORT if workers else FLOWER
         self.port = free_port()
@@ -239,7 +242,8 @@ class LocalFederation:
         extra = self.node_configs[partition_id] if partition_id < len(self.node_configs) else {}
         config = {"partition-id": partition_id, "num-partitions": num_partitions, **extra}
         port = free_port()
-        in_node = ["--worker", "--preload", "bouquet.app.flower_apps"] if self.worker_in_node else []
+        in_node = ["--worker", "--preload", "bouquet.app.flower_apps", *["--worker-over-http"] * self.worker_over_http
+                   ] if self.worker_in_node else []
         launcher = ([_bin("flower-supernode")] if self.node_waits == FLOWER and not in_node else
                     [sys.executable, "-m", "bouquet", "supernode", *self.node_waits.args(), *in_node, "--"])
         args = [*launcher, *self._security(False), "--superlink", self.address,

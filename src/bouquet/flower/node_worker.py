@@ -69,6 +69,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+from .node_runtime import InNodeRuntime, NodeStateBox
+
 log = logging.getLogger("bouquet.node_worker")
 
 #: the Runtime API method SuperExec authentication protects (``run_superexec._SUPEREXEC_AUTH_METHODS``)
@@ -135,8 +137,11 @@ class NodeWorker:
 
     def __init__(self, runtime_api_address: str, *, insecure: bool = True, root_certificates: bytes | None = None,
                  auth_secret: bytes | None = None, poll_interval: float = 0.05,
-                 wake: threading.Event | None = None, replied: threading.Event | None = None):
+                 wake: threading.Event | None = None, replied: threading.Event | None = None,
+                 node_state: NodeStateBox | None = None):
         self.address, self.insecure, self.certs = runtime_api_address, insecure, root_certificates
+        #: in the SuperNode's own process: its state, so Runtime API calls skip HTTP (``node_runtime``)
+        self.node_state = node_state
         self.poll_interval = poll_interval
         #: in the SuperNode's own process (``bouquet supernode --worker``): set when a message arrived, so the
         #: worker claims its task at once instead of at its next poll (``poll_interval`` is then only a fallback)
@@ -151,7 +156,9 @@ class NodeWorker:
                                                                              protected_methods={_ACQUIRE})]
         self.poller = self._client([RuntimeVersionHttpInterceptor(component_name="SuperExec"), *extra], None)
 
-    def _client(self, interceptors: list, retry: RetryInvoker | None) -> RuntimeHttpClient:
+    def _client(self, interceptors: list, retry: RetryInvoker | None, token: str | None = None) -> RuntimeHttpClient:
+        if self.node_state is not None:
+            return InNodeRuntime(self.node_state, token)  # type: ignore[return-value]  # the same methods
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=self.insecure,
                                                      root_certificates=None if self.insecure else self.certs,
                                                      interceptors=interceptors, retry_invoker=retry)
@@ -177,7 +184,7 @@ class NodeWorker:
     def run_task(self, token: str) -> bool:
         """Run one claimed task (``run_clientapp`` without its process exit); True when the ClientApp succeeded."""
         client = self._client([RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                               RuntimeTokenHttpInterceptor(token)], _task_retry())
+                               RuntimeTokenHttpInterceptor(token)], _task_retry(), token)
         beat = HeartbeatSender(_heartbeat(client))
         beat.start()
         message = context = reply = None
@@ -253,18 +260,21 @@ class NodeWorker:
 
 
 def start_in_node(address: str, *, insecure: bool, root_certificates: bytes | None, auth_secret: bytes | None,
-                  wake: threading.Event, replied: threading.Event, preload: Sequence[str] = ()) -> threading.Thread:
+                  wake: threading.Event, replied: threading.Event, preload: Sequence[str] = (),
+                  node_state: NodeStateBox | None = None) -> threading.Thread:
     """Serve the SuperNode's tasks from a daemon thread of the SuperNode's own process (``bouquet supernode
     --worker``): woken by ``wake`` when a message arrives, ``replied`` set when a reply is pushed, ``poll_interval``
-    0.5 s only as a fallback. One process per node instead of two, and no claim polls between messages."""
+    0.5 s only as a fallback. One process per node instead of two, and no claim polls between messages. With
+    ``node_state`` (the SuperNode's, filled by its loop) the Runtime API calls go to its handlers in-process."""
     _worker_logging()
     for module in preload:
         importlib.import_module(module)
     worker = NodeWorker(address, insecure=insecure, root_certificates=root_certificates, auth_secret=auth_secret,
-                        poll_interval=0.5, wake=wake, replied=replied)
+                        poll_interval=0.5, wake=wake, replied=replied, node_state=node_state)
 
     def serve() -> None:
-        log.info("serving ClientApp tasks of the SuperNode at %s from its own process", address)
+        log.info("serving ClientApp tasks of the SuperNode at %s from its own process (Runtime API %s)", address,
+                 "over HTTP" if node_state is None else "handlers called in-process")
         try:
             worker.serve()
         finally:

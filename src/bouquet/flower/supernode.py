@@ -47,6 +47,7 @@ import flwr.supernode.start_client_internal as flower_node
 from flwr.supercore.inflatable import inflatable_utils
 from flwr.supernode.cli.flower_supernode import flower_supernode
 
+from .node_runtime import NodeStateBox
 from .node_worker import start_in_node
 
 #: Flower versions whose SuperNode module this patches (checked with ``check_flower``)
@@ -129,16 +130,21 @@ def check_flower() -> None:
     if not callable(push) or "object_store" not in inspect.signature(getattr(push, _WRAPPED, push)).parameters:
         problems.append("it has no _push_messages(state, object_store, ...)")
     pull = getattr(flower_node, "_pull_and_store_message", None)
-    if not callable(pull) or "object_store" not in inspect.signature(getattr(pull, _WRAPPED, pull)).parameters:
+    if not callable(pull) or not {"state", "object_store"} <= set(inspect.signature(getattr(pull, _WRAPPED,
+                                                                                         pull)).parameters):
         problems.append("it has no _pull_and_store_message(state, object_store, ...)")
+    if "state=state" not in source:
+        problems.append("it does not pass its NodeState by keyword")
     if problems:
         raise RuntimeError(f"bouquet supernode: error: flwr.supernode.start_client_internal is not what this patches "
                            f"({'; '.join(problems)}); use flower-supernode")
 
 
-def apply(waits: Waits, arrived: threading.Event | None = None, replied: threading.Event | None = None) -> None:
+def apply(waits: Waits, arrived: threading.Event | None = None, replied: threading.Event | None = None,
+          node_state: NodeStateBox | None = None) -> None:
     """Give this process's Flower SuperNode the ``waits`` (after ``check_flower``). ``arrived`` is set whenever the
-    node stored a message (its task can be claimed); a set ``replied`` ends the reply wait early."""
+    node stored a message (its task can be claimed); a set ``replied`` ends the reply wait early; ``node_state``
+    receives the node's ``NodeState`` at its first pull (for a worker thread that calls its handlers)."""
     check_flower()
     paced = PacedTime(waits.idle, waits.reply, waits.busy, waits.window, replied)
     flower_node.time = paced
@@ -152,6 +158,8 @@ def apply(waits: Waits, arrived: threading.Event | None = None, replied: threadi
 
     @functools.wraps(pull)
     def pull_and_tell(*args, **kwargs):
+        if node_state is not None:
+            node_state.put(kwargs["state"])
         run_id = pull(*args, **kwargs)
         if run_id is not None and arrived is not None:
             arrived.set()
@@ -189,13 +197,17 @@ def _parser() -> argparse.ArgumentParser:
                    "woken when a message arrives; implies --isolation process")
     p.add_argument("--preload", action="append", default=[], metavar="MODULE",
                    help="with --worker: import MODULE at start (e.g. bouquet.app.flower_apps; repeatable)")
+    p.add_argument("--worker-over-http", action="store_true", help="with --worker: call the node's Runtime API "
+                   "over HTTP as a separate worker does (default: its handlers, in-process)")
     return p
 
 
-def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Event) -> tuple[list[str], threading.Event]:
+def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Event,
+                    node_state: NodeStateBox | None) -> tuple[list[str], threading.Event]:
     """Start a node worker thread for the SuperNode that ``rest`` (Flower's arguments) describes, on its Runtime
-    API (``--host``/``--port``, TLS when ``--ssl-certfile``, ``--superexec-auth-secret-file``). Returns ``rest``
-    with ``--isolation process`` and the event the SuperNode sets when a message arrived."""
+    API (``--host``/``--port``, TLS when ``--ssl-certfile``, ``--superexec-auth-secret-file``), or on its handlers
+    in-process when ``node_state`` is given. Returns ``rest`` with ``--isolation process`` and the event the
+    SuperNode sets when a message arrived."""
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
@@ -214,7 +226,7 @@ def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Even
     secret = load_superexec_auth_secret(secret_file=given.superexec_auth_secret_file)
     arrived = threading.Event()
     start_in_node(f"{host}:{given.port}", insecure=insecure, root_certificates=certs, auth_secret=secret,
-                  wake=arrived, replied=replied, preload=preload)
+                  wake=arrived, replied=replied, preload=preload, node_state=node_state)
     return rest, arrived
 
 
@@ -229,13 +241,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         print()
     waits = Waits(ours.idle_wait, ours.reply_wait, ours.object_retry, ours.busy_wait, ours.busy_window)
-    arrived = replied = None
+    arrived = replied = box = None
     try:
         check_flower()
         if ours.worker:
-            replied = threading.Event()
-            rest, arrived = _worker_in_node(rest, ours.preload, replied)
-        apply(waits, arrived, replied)
+            replied, box = threading.Event(), None if ours.worker_over_http else NodeStateBox()
+            rest, arrived = _worker_in_node(rest, ours.preload, replied, box)
+        apply(waits, arrived, replied, box)
     except (RuntimeError, ValueError, OSError) as err:
         print(err if str(err).startswith("bouquet") else f"bouquet supernode: error: {err}", file=sys.stderr)
         return 2
