@@ -152,13 +152,22 @@ class NodeWorker:
         self.apps: dict[str, tuple[ClientApp, Path]] = {}
         self.load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
         self.tasks = self.failed = 0
-        extra = [] if auth_secret is None else [SuperExecAuthHttpInterceptor(master_secret=auth_secret,
-                                                                             protected_methods={_ACQUIRE})]
-        self.poller = self._client([RuntimeVersionHttpInterceptor(component_name="SuperExec"), *extra], None)
+        self.auth_secret = auth_secret
+        self.poller = self._client()
 
-    def _client(self, interceptors: list, retry: RetryInvoker | None, token: str | None = None) -> RuntimeHttpClient:
+    def _client(self, token: str | None = None) -> RuntimeHttpClient:
+        """The claim poller's client (no ``token``: SuperExec, with its secret) or a task's (with its token and
+        retries); in the SuperNode's own process, its handlers called directly instead of HTTP."""
         if self.node_state is not None:
             return InNodeRuntime(self.node_state, token)  # type: ignore[return-value]  # the same methods
+        if token is None:
+            auth = [] if self.auth_secret is None else [SuperExecAuthHttpInterceptor(
+                master_secret=self.auth_secret, protected_methods={_ACQUIRE})]
+            interceptors, retry = [RuntimeVersionHttpInterceptor(component_name="SuperExec"), *auth], None
+        else:
+            interceptors = [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                            RuntimeTokenHttpInterceptor(token)]
+            retry = _task_retry()
         return RuntimeHttpClient.from_server_address(server_address=self.address, insecure=self.insecure,
                                                      root_certificates=None if self.insecure else self.certs,
                                                      interceptors=interceptors, retry_invoker=retry)
@@ -183,8 +192,7 @@ class NodeWorker:
 
     def run_task(self, token: str) -> bool:
         """Run one claimed task (``run_clientapp`` without its process exit); True when the ClientApp succeeded."""
-        client = self._client([RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                               RuntimeTokenHttpInterceptor(token)], _task_retry(), token)
+        client = self._client(token)
         beat = HeartbeatSender(_heartbeat(client))
         beat.start()
         message = context = reply = None

@@ -211,7 +211,6 @@ def _worker_in_node(rest: list[str], preload: list[str], replied: threading.Even
     from flwr.supercore.auth import load_superexec_auth_secret
     from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
-
     given = _parse_args_run_supernode().parse_args(rest)  # Flower's own parser: its errors, its defaults
     if "--isolation" not in rest:
         rest = [*rest, "--isolation", "process"]
@@ -245,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_flower()
         if ours.worker:
-            replied, box = threading.Event(), None if ours.worker_over_http else NodeStateBox()
+            replied = threading.Event()
+            box = None if ours.worker_over_http else NodeStateBox()
             rest, arrived = _worker_in_node(rest, ours.preload, replied, box)
         apply(waits, arrived, replied, box)
     except (RuntimeError, ValueError, OSError) as err:
