@@ -25,8 +25,9 @@ from bouquet.engine.simulator import Simulator
 from bouquet.engine.spec import RunSpec
 
 CANDIDATES = {
-    "kernels (defaults: im2col first conv, per-client channels-last convs, pool before ReLU, foreach, chunk 5)":
-        ConvOptions(),
+    "kernels (defaults: im2col first conv, per-client channels-last convs, pool before ReLU, foreach, chunk 5, "
+    "one chunk per intra-op thread at once)": ConvOptions(),
+    "kernels, chunks one after another on all intra-op threads": ConvOptions(workers=1),
     "kernels, first conv by oneDNN": ConvOptions(first="conv"),
     "kernels, later convs grouped over clients": ConvOptions(convs="grouped"),
     "kernels, later convs by im2col + bmm": ConvOptions(convs="im2col"),
@@ -38,6 +39,7 @@ CANDIDATES = {
     "kernels, chunk 3": ConvOptions(chunk=3),
     "kernels, chunk 6": ConvOptions(chunk=6),
     "kernels, chunk 10": ConvOptions(chunk=10),
+    "kernels, chunk 15": ConvOptions(chunk=15),
     "kernels, all 30 clients at once": ConvOptions(chunk=0),
 }
 

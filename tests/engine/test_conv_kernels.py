@@ -92,8 +92,10 @@ def test_conv_kernels_equal_sequential(images, first_round, name, weight_decay):
 
 @pytest.mark.parametrize("options", [ConvOptions(chunk=0), ConvOptions(chunk=1), ConvOptions(first="conv"),
                                      ConvOptions(convs="grouped"), ConvOptions(convs="im2col"),
-                                     ConvOptions(channels_last=False, pool_first=False, foreach=False)],
-                         ids=["all", "one", "first-conv", "grouped", "im2col", "nchw-relu-first-loop"])
+                                     ConvOptions(channels_last=False, pool_first=False, foreach=False),
+                                     ConvOptions(chunk=2, workers=1), ConvOptions(chunk=1, workers=3)],
+                         ids=["all", "one", "first-conv", "grouped", "im2col", "nchw-relu-first-loop",
+                              "chunks-in-turn", "chunks-on-threads"])
 def test_every_measured_option_gives_the_same_training(images, first_round, options):
     _, got, ref = _train_both(_floral(images), images, first_round, options)
     _assert_same(got, ref)

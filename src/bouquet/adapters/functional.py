@@ -78,16 +78,20 @@ def conv_delta_kernel(lora_A: Tensor, lora_B: Tensor) -> Tensor:
 
 
 def mixture_conv2d_kernel(lora_A: Tensor, lora_B: Tensor, pi: Tensor) -> Tensor:
-    """sum_c pi_c B_c o A_c as one dense kernel [out, in, kh, kw] (A [C, r, ...], B [C, out, r, ...]).
+    """sum_c pi_c B_c o A_c as one dense kernel [..., out, in, kh, kw] (A [..., C, r, ...], B [..., C, out, r, ...],
+    pi [..., C]; leading dims are batch dims, e.g. clients, so no vmap is needed).
 
     Folding the C*r ranks into the kernel costs out*in*kh*kw*C*r multiply-adds per step, against
     N*H*W times that for the conv pair of `mixture_conv2d_delta`: the layer then runs one conv,
-    as cheap as the base alone, and gives the same output.
+    as cheap as the base alone, and gives the same output. Valid for every ConvLoRA variant (see
+    `conv_delta_kernel`).
     """
-    num, rank = lora_A.shape[:2]
-    a_cat = lora_A.reshape(num * rank, *lora_A.shape[2:]) * rank_scale(pi, rank)[:, None, None, None]
-    b_cat = lora_B.transpose(0, 1).reshape(lora_B.shape[1], num * rank, *lora_B.shape[3:])
-    return conv_delta_kernel(a_cat, b_cat)
+    (ah, aw), (bh, bw) = lora_A.shape[-2:], lora_B.shape[-2:]
+    if min(ah, bh) > 1 or min(aw, bw) > 1:
+        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
+    scaled = lora_A * pi[..., None, None, None, None]
+    full = torch.einsum("...corhw,...crixy->...oihxwy", lora_B, scaled)
+    return full.reshape(*full.shape[:-6], lora_B.shape[-4], lora_A.shape[-3], ah * bh, aw * bw)
 
 
 @torch.no_grad()

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vmap
 
 from ..adapters import MixtureModel, precondition_lora_grads
 from ..adapters.functional import mixture_conv2d_kernel
@@ -33,7 +32,9 @@ from ..algorithms.contract import Batch, Params
 from ..algorithms.local_update import PlainSGD
 from ..algorithms.routing import ROUTER
 from .batching import trailing_widths
+from .chunk_threads import map_chunks, resolve_workers
 from .conv_chain import FLATTEN, Conv, ConvLayer, Pool, parse_conv_chain
+from .conv_columns import im2col_conv
 from .mlp_chain import RELU, Dense
 
 Trainer = Callable[[Params, Mapping[str, Tensor], Mapping[str, Tensor], Batch], tuple[Params, Tensor]]
@@ -56,6 +57,9 @@ class ConvOptions:
     foreach: bool = True
     #: clients trained together (5: their activations stay in cache on CPU); 0 = all clients at once
     chunk: int = 5
+    #: chunks trained at once on worker threads sharing the intra-op threads (``chunk_threads``);
+    #: 0 = one per intra-op thread on CPU, 1 = one chunk after another
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -126,11 +130,14 @@ def _train(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor], priva
     size = setup.options.chunk or num_clients
     if size >= num_clients:
         return _train_chunk(setup, trainable, shared, private, batches)
-    parts = []
-    for start in range(0, num_clients, size):
+
+    def chunk(start: int) -> tuple[Params, Tensor]:
         rows = slice(start, start + size)
-        parts.append(_train_chunk(setup, {k: v[rows] for k, v in trainable.items()}, shared,
-                                  {k: v[rows] for k, v in private.items()}, {k: v[rows] for k, v in batches.items()}))
+        return _train_chunk(setup, {k: v[rows] for k, v in trainable.items()}, shared,
+                            {k: v[rows] for k, v in private.items()}, {k: v[rows] for k, v in batches.items()})
+
+    workers = resolve_workers(setup.options.workers, batches["w"].device)
+    parts = map_chunks(chunk, range(0, num_clients, size), workers)
     return {k: torch.cat([p[0][k] for p in parts]) for k in trainable}, torch.cat([p[1] for p in parts])
 
 
@@ -237,7 +244,8 @@ def _forward(setup: _Setup, lookup, pi: Tensor | None, x: Tensor) -> Tensor:
         if isinstance(layer, Conv):
             weight, bias = _conv_params(layer, lookup, pi, k)
             if data and opts.first == "im2col" or not data and opts.convs == "im2col":
-                h = _im2col_conv(h if data else h.view(k, b, *h.shape[1:]), weight, bias, layer)
+                h = im2col_conv(h if data else h.view(k, b, *h.shape[1:]), weight, bias, layer.stride,
+                                layer.padding, layer.dilation)
             else:
                 if data:
                     h = h.reshape(k * b, *h.shape[2:])
@@ -278,70 +286,9 @@ def _conv_params(layer: Conv, lookup, pi: Tensor | None, k: int) -> tuple[Tensor
     if not layer.num:
         return weight, bias
     mix = _mix(pi, layer, k, weight)
-    weight = weight + layer.alpha * vmap(mixture_conv2d_kernel)(lookup(layer.lora_A), lookup(layer.lora_B), mix)
+    weight = weight + layer.alpha * mixture_conv2d_kernel(lookup(layer.lora_A), lookup(layer.lora_B), mix)
     lora_bias = lookup(layer.lora_bias) if layer.lora_bias else None
     return weight, _mixed_bias(bias, lora_bias, mix, layer.alpha)
-
-
-def _out_size(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """A conv's output length along one axis of a (padded) input of ``size``."""
-    return (size - dilation * (kernel - 1) - 1) // stride + 1
-
-
-class _Columns(torch.autograd.Function):
-    """im2col of x [N, H, W, C] (padded already) as columns [N, kh*kw*C (+1), Ho*Wo], the rows ordered (kh, kw, C).
-
-    Rows, not the usual [N, Ho*Wo, kh*kw*C]: the copy then runs along Wo (unit stride on the data) instead
-    of along a 1-channel kernel row, 6x faster for the first conv, and the batched matmul reads the columns
-    transposed at no cost. ``ones`` appends a row of ones, so the bias rides in the matmul (its gradient too).
-    Backward (only when x needs a gradient: later convs) adds the kh*kw shifted slices back.
-    """
-
-    @staticmethod
-    def forward(ctx, x: Tensor, kernel: tuple[int, int], stride: tuple[int, int],  # type: ignore[override]
-                dilation: tuple[int, int], ones: bool) -> Tensor:
-        n, height, width, c = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
-        ho, wo = _out_size(height, kh, sh, dh), _out_size(width, kw, sw, dw)
-        st = x.stride()
-        rows = kh * kw * c
-        out = x.new_empty(n, rows + int(ones), ho * wo)
-        view = x.as_strided((n, kh, kw, c, ho, wo), (st[0], st[1] * dh, st[2] * dw, st[3], st[1] * sh, st[2] * sw))
-        out[:, :rows].view(n, kh, kw, c, ho, wo).copy_(view)
-        if ones:
-            out[:, rows].fill_(1.0)
-        ctx.geometry = (x.shape, kernel, stride, dilation, ho, wo)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        shape, (kh, kw), (sh, sw), (dh, dw), ho, wo = ctx.geometry
-        n, c = shape[0], shape[3]
-        patches = grad[:, :kh * kw * c].reshape(n, kh, kw, c, ho, wo).permute(0, 1, 2, 4, 5, 3)  # [N,kh,kw,Ho,Wo,C]
-        out = grad.new_zeros(shape)
-        for i in range(kh):
-            rows = slice(i * dh, i * dh + sh * (ho - 1) + 1, sh)
-            for j in range(kw):
-                out[:, rows, j * dw:j * dw + sw * (wo - 1) + 1:sw] += patches[:, i, j]
-        return out, None, None, None, None
-
-
-def _im2col_conv(x: Tensor, weight: Tensor, bias: Tensor | None, layer: Conv) -> Tensor:
-    """Conv of x [K, B, C, H, W] as one batched matmul of its columns; [K*B, out, Ho, Wo] in channels-last memory."""
-    k, b = x.shape[:2]
-    ph, pw = layer.padding
-    xn = x.permute(0, 1, 3, 4, 2).flatten(0, 1)  # [K*B, H, W, C] (a view for channels-last activations)
-    if ph or pw:
-        xn = F.pad(xn, (0, 0, pw, pw, ph, ph))
-    out_c, c, kh, kw = weight.shape[1:]
-    cols = _Columns.apply(xn, (kh, kw), layer.stride, layer.dilation, bias is not None)  # [K*B, Q, Ho*Wo]
-    ho = _out_size(xn.shape[1], kh, layer.stride[0], layer.dilation[0])
-    wo = cols.shape[2] // ho
-    wmat = weight.permute(0, 3, 4, 2, 1).reshape(k, kh * kw * c, out_c)
-    if bias is not None:
-        wmat = torch.cat([wmat, bias[:, None, :]], dim=1)
-    out = torch.matmul(cols.view(k, b, *cols.shape[1:]).transpose(-1, -2), wmat[:, None])  # [K, B, Ho*Wo, out]
-    return out.view(k * b, ho, wo, out_c).permute(0, 3, 1, 2)
 
 
 def _conv(h: Tensor, weight: Tensor, bias: Tensor | None, layer: Conv, k: int, how: str) -> Tensor:

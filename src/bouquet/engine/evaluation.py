@@ -15,6 +15,7 @@ from torch.func import vmap
 from ..algorithms import Algorithm
 from ..algorithms.contract import ClientStates, ServerState, client_score
 from .batching import SplitArrays, padded_split
+from .chunk_threads import map_chunks, resolve_workers
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,18 @@ def _chunks(n: int, size: int):
 
 
 def _score_in_chunks(arrays: SplitArrays, clients: Tensor, client_states: ClientStates, chunk: int,
-                     score) -> ClientScores:
-    """``score(states, batch) -> (score [K], loss [K])`` over ``clients`` ``chunk`` at a time, each client's
-    rows of ``arrays`` padded to the chunk's longest."""
-    scores, losses = [], []
-    for part in _chunks(len(clients), chunk):
+                     score, workers: int = 1) -> ClientScores:
+    """``score(states, batch) -> (score [K], loss [K])`` over ``clients`` ``chunk`` at a time (``workers``
+    chunks at once, ``chunk_threads``), each client's rows of ``arrays`` padded to the chunk's longest."""
+
+    def one(part: Tensor) -> tuple[Tensor, Tensor]:
         ids = clients[part]
         index, weight = padded_split(arrays, ids)
-        s, lo = score({k: v[ids] for k, v in client_states.items()}, arrays.gather(index, weight))
-        scores.append(s)
-        losses.append(lo)
-    return ClientScores(torch.cat(scores).cpu(), torch.cat(losses).cpu(), arrays.sizes[clients])
+        return score({k: v[ids] for k, v in client_states.items()}, arrays.gather(index, weight))
+
+    pairs = map_chunks(one, list(_chunks(len(clients), chunk)), workers)
+    return ClientScores(torch.cat([p[0] for p in pairs]).cpu(), torch.cat([p[1] for p in pairs]).cpu(),
+                        arrays.sizes[clients])
 
 
 def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays: SplitArrays,
@@ -66,15 +68,17 @@ def score_params(alg: Algorithm, params_fn, client_states: ClientStates, arrays:
 
 
 def score_forward(alg: Algorithm, forward, server: ServerState, client_states: ClientStates, arrays: SplitArrays,
-                  clients: Tensor, *, chunk: int = 10) -> ClientScores:
+                  clients: Tensor, *, chunk: int = 10, workers: int = 0) -> ClientScores:
     """Score each client's personalized model with a batched ``forward(params [K, ...], x [K, T, ...])``
-    (the conv kernels' forward), ``chunk`` clients at a time."""
+    (the conv kernels' forward), ``chunk`` clients at a time, ``workers`` chunks at once (0: one per
+    intra-op thread on CPU)."""
 
     def score(states, batch):
         out = forward(personalized_params(alg, server, states, batch["w"].shape[0]), batch["x"])
         return vmap(lambda o, y, w: client_score(o, y, w, alg.objective))(out, batch["y"], batch["w"])
 
-    return _score_in_chunks(arrays, clients, client_states, chunk, score)
+    return _score_in_chunks(arrays, clients, client_states, chunk, score,
+                            resolve_workers(workers, arrays.y.device))
 
 
 def personalized_params(alg: Algorithm, server: ServerState, client_states: ClientStates,
