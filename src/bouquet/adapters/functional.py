@@ -64,15 +64,21 @@ def mixture_conv2d_delta(
     return out if bias is None else out + bias[:, None, None]
 
 
+def _composite_sizes(lora_A: Tensor, lora_B: Tensor) -> tuple[int, int, int, int]:
+    """The factors' kernel sizes (A's h, w, B's h, w), checked to compose into one same-size kernel."""
+    (ah, aw), (bh, bw) = lora_A.shape[-2:], lora_B.shape[-2:]
+    if min(ah, bh) > 1 or min(aw, bw) > 1:
+        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
+    return ah, aw, bh, bw
+
+
 def conv_delta_kernel(lora_A: Tensor, lora_B: Tensor) -> Tensor:
     """Dense kernel [out, in, kh, kw] of the conv pair B o A, for A [r, in, ka_h, ka_w], B [out, r, kb_h, kb_w].
 
     Valid for every ConvLoRA variant: on each axis only one factor has a kernel longer than 1 and
     carries that axis's stride/padding/dilation, so B o A equals one conv with the base's options.
     """
-    (_, _, ah, aw), (_, _, bh, bw) = lora_A.shape, lora_B.shape
-    if min(ah, bh) > 1 or min(aw, bw) > 1:
-        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
+    ah, aw, bh, bw = _composite_sizes(lora_A, lora_B)
     full = torch.einsum("orhw,rixy->oihxwy", lora_B, lora_A)
     return full.reshape(lora_B.shape[0], lora_A.shape[1], ah * bh, aw * bw)
 
@@ -86,9 +92,7 @@ def mixture_conv2d_kernel(lora_A: Tensor, lora_B: Tensor, pi: Tensor) -> Tensor:
     as cheap as the base alone, and gives the same output. Valid for every ConvLoRA variant (see
     `conv_delta_kernel`).
     """
-    (ah, aw), (bh, bw) = lora_A.shape[-2:], lora_B.shape[-2:]
-    if min(ah, bh) > 1 or min(aw, bw) > 1:
-        raise ValueError("conv factors overlap on an axis; the composite is not a single same-size kernel")
+    ah, aw, bh, bw = _composite_sizes(lora_A, lora_B)
     scaled = lora_A * pi[..., None, None, None, None]
     full = torch.einsum("...corhw,...crixy->...oihxwy", lora_B, scaled)
     return full.reshape(*full.shape[:-6], lora_B.shape[-4], lora_A.shape[-3], ah * bh, aw * bw)

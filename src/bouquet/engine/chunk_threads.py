@@ -2,7 +2,7 @@
 
 The conv kernels run about 26,000 small ops a round; with two intra-op threads every op pays a parallel
 region's fork and join for little work. Two chunks at a time, one thread each, keep both cores busy
-instead (benchmarks/RESULTS.md: 1.68x -> 1.99x the PFLlib-style loop on FLoRAL's CNN). PyTorch releases
+instead (benchmarks/RESULTS.md: 1.69-1.73x -> 2.03-2.06x the PFLlib-style loop on FLoRAL's CNN). PyTorch releases
 the GIL inside ops and runs a CPU backward on the calling thread, so the chunks overlap except for
 Python's own dispatch. The intra-op thread count is per thread: the caller's stays as it was.
 """
