@@ -6,15 +6,17 @@ import pytest
 import torch
 from torch import nn
 
-from bouquet.algorithms import RouterConfig
+from bouquet.algorithms import RouterConfig, task_loss
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.algorithms.floral import floral, wrap
+from bouquet.algorithms.ifca import ifca
 from bouquet.algorithms.local_adaptor import local_adaptor
 from bouquet.app.bench.pfl_reference import Client, Server
 from bouquet.data import DataSpec, build_dataset
 from bouquet.engine.autograd_training import train_sequential
 from bouquet.engine.conv_chain import FLATTEN, Conv, Pool, parse_conv_chain
-from bouquet.engine.conv_kernels import ConvOptions, conv_trainer
+from bouquet.engine.conv_kernels import ConvOptions, conv_forward, conv_trainer
+from bouquet.engine.evaluation import candidate_losses
 from bouquet.engine.kernel_check import KernelMismatchWarning
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
@@ -163,3 +165,36 @@ def test_a_kernels_forward_that_disagrees_is_caught_and_the_client_loop_evaluate
     assert sim.eval_trusted is False
     sim.eval_forward = None
     torch.testing.assert_close(got.loss, sim.client_scores(state).loss)
+
+
+def test_ifca_picks_its_cluster_models_by_the_kernels_forward_as_the_client_loop_does(images):
+    """IFCA's choice by loss from all clients' candidate losses at once equals client_init's, client by client."""
+    runs = []
+    for batched in (True, False):
+        alg = ifca(_cnn(images), images.objective, 3, lr=0.05)
+        sim = Simulator(alg, images, RunSpec(rounds=3, clients_per_round=5, batch_size=8))
+        if batched:  # the batched path never calls the one-client client_init
+            sim.alg = replace(alg, client_init=lambda *a: pytest.fail("client_init called"))
+        else:
+            sim.alg = replace(alg, choose_by_loss=None)
+        state = sim.init_state()
+        for _ in range(3):
+            state, _ = sim.run_round(state)
+        runs.append(state)
+    (a, b), choice = runs, "ifca.choice"
+    assert a.clients[choice].sum() == images.num_clients  # every client chose once per round
+    torch.testing.assert_close(a.clients[choice], b.clients[choice])
+    for k in b.server["params"]:
+        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_candidate_losses_equal_each_clients_loss_under_each_model(images, first_round):
+    alg = ifca(_cnn(images), images.objective, 2, lr=0.05)
+    _, payload, _, batches = first_round(images, alg, batch_size=8)
+    forward = conv_forward(alg.model, alg.objective, alg.loss_spec)
+    got = candidate_losses(forward, payload, batches, alg.objective, chunk=2)
+    for k in range(images.num_clients):
+        x, y, w = (batches[n][k].flatten(0, 1) for n in ("x", "y", "w"))
+        want = torch.stack([task_loss(alg.apply({n: v[c] for n, v in payload.items()}, x), y, w, alg.objective)
+                            for c in range(2)])
+        torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-6)

@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (each module registers its methods)
 )
 from .contract import (
     Algorithm,
+    ChooseByLoss,
     Finetune,
     LossSpec,
     Merging,
@@ -31,7 +32,7 @@ from .registry import ALGORITHMS, AlgorithmSpec, BuildContext, register
 from .routing import RouterConfig
 from .server_opt import ServerConfig, ServerOptimizer, server_adam, server_sgd
 
-__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmSpec", "BuildContext", "Finetune", "LocalUpdate", "LossSpec",
-           "Merging", "RouterConfig", "ServerConfig", "ServerOptimizer", "StepInfo", "TrainConfig", "Transform",
-           "chain", "local_sgd", "payload_nbytes", "proximal", "register", "server_adam", "server_sgd", "sgd",
-           "task_loss", "task_score"]
+__all__ = ["ALGORITHMS", "Algorithm", "AlgorithmSpec", "BuildContext", "ChooseByLoss", "Finetune", "LocalUpdate",
+           "LossSpec", "Merging", "RouterConfig", "ServerConfig", "ServerOptimizer", "StepInfo", "TrainConfig",
+           "Transform", "chain", "local_sgd", "payload_nbytes", "proximal", "register", "server_adam", "server_sgd",
+           "sgd", "task_loss", "task_score"]

@@ -99,6 +99,20 @@ class Merging:
     terms: Callable[[ServerState, Mapping[str, Tensor]], dict[str, Tensor]] | None = None
 
 
+@dataclass(frozen=True)
+class ChooseByLoss:
+    """A ``client_init`` that picks one of C candidate models by its task loss on the round's batches (IFCA).
+
+    ``candidates(payload)`` gives the C models' parameters stacked [C, ...] under the model's names;
+    ``pick(payload, client_state, losses)`` the trainable parameters from the C losses [C]. ``client_init``
+    equals ``pick`` on the losses of ``apply`` with each candidate, so an engine with a batched forward may
+    compute the losses of all clients and candidates at once instead of one client's at a time.
+    """
+
+    candidates: Callable[[Payload], Params]
+    pick: Callable[[Payload, Mapping[str, Tensor], Tensor], Params]
+
+
 ReportFn = Callable[[ServerState, Mapping[str, Tensor], Tensor], dict]
 
 
@@ -112,7 +126,7 @@ class Algorithm:
     ``private_keys`` name client-state entries that must never appear in an upload (checked by the
     engines). ``param_counts`` adds algorithm-specific counts to the run summary; ``report(server,
     client_states, true_clusters)`` adds end-of-run diagnostics (router ARI); ``merging`` exposes a
-    merge weight to the lambda oracle.
+    merge weight to the lambda oracle; ``choose_by_loss`` declares a client_init that picks a model by loss.
     """
 
     name: str
@@ -133,6 +147,7 @@ class Algorithm:
     param_counts: Mapping[str, int] = field(default_factory=dict)
     report: ReportFn | None = None
     merging: Merging | None = None
+    choose_by_loss: ChooseByLoss | None = None
 
     def apply(self, params: Params, x: Tensor) -> Tensor:
         """Run the model with the given parameters."""

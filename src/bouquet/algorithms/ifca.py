@@ -20,7 +20,7 @@ from torch.func import functional_call
 
 from ..adapters import independent_copies
 from ..checks import require
-from .contract import Algorithm, LossSpec, Objective, task_loss
+from .contract import Algorithm, ChooseByLoss, LossSpec, Objective, task_loss
 from .local_update import local_sgd
 from .registry import BuildContext, register
 from .routing import router_report
@@ -53,14 +53,17 @@ def ifca(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
     def broadcast(server):
         return dict(server["params"])
 
+    def pick(payload, client_state, losses):
+        onehot = (torch.arange(num_models, device=losses.device) == losses.argmin()).to(dtype)
+        return {**select(payload, onehot), CHOICE: onehot}
+
     def client_init(payload, client_state, batches):
         x = batches["x"].flatten(0, 1)
         y = batches["y"].flatten(0, 1)
         w = batches["w"].flatten(0, 1)
         losses = torch.stack([task_loss(functional_call(template, {k: v[c] for k, v in payload.items()}, (x,)),
                                         y, w, objective) for c in range(num_models)])
-        onehot = (torch.arange(num_models, device=losses.device) == losses.argmin()).to(dtype)
-        return {**select(payload, onehot), CHOICE: onehot}
+        return pick(payload, client_state, losses)
 
     def loss(trainable, payload, client_state, batch):
         params = {k: v for k, v in trainable.items() if k != CHOICE}
@@ -99,7 +102,7 @@ def ifca(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
                                             weight_decay_rate=weight_decay),
                      private_keys=("ifca.",), loss_spec=LossSpec(),
                      param_counts={"models": one * num_models, "uploaded": one + num_models},
-                     report=router_report(CHOICE))
+                     report=router_report(CHOICE), choose_by_loss=ChooseByLoss(dict, pick))
 
 
 @dataclass(frozen=True)

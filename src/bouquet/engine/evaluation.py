@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from ..algorithms import Algorithm
-from ..algorithms.contract import ClientStates, ServerState, client_score
+from ..algorithms.contract import ClientStates, ServerState, client_score, task_loss
 from .batching import SplitArrays, padded_split
 from .chunk_threads import map_chunks, resolve_workers
 
@@ -79,6 +79,26 @@ def score_forward(alg: Algorithm, forward, server: ServerState, client_states: C
 
     return _score_in_chunks(arrays, clients, client_states, chunk, score,
                             resolve_workers(workers, arrays.y.device))
+
+
+def candidate_losses(forward, candidates: dict[str, Tensor], batches: dict[str, Tensor], objective: str, *,
+                     chunk: int = 1, workers: int = 0) -> Tensor:
+    """Every client's task loss [K, C] on its batches [K, S, B, ...] under each of C candidate models stacked
+    [C, ...] (IFCA's choice), by a batched ``forward`` ``chunk`` clients at a time, ``workers`` chunks at once."""
+    num_models = next(iter(candidates.values())).shape[0]
+    x, y, w = (batches[n].flatten(1, 2) for n in ("x", "y", "w"))
+
+    def one(part: Tensor) -> Tensor:
+        per_model = []
+        for c in range(num_models):
+            params = {k: v[c].expand(len(part), *v.shape[1:]) for k, v in candidates.items()}
+            out = forward(params, x[part])
+            per_model.append(vmap(lambda o, t, m: task_loss(o, t, m, objective))(out, y[part], w[part]))
+        return torch.stack(per_model, dim=1)
+
+    with torch.no_grad():
+        parts = map_chunks(one, list(_chunks(x.shape[0], chunk)), resolve_workers(workers, x.device))
+    return torch.cat(parts)
 
 
 def personalized_params(alg: Algorithm, server: ServerState, client_states: ClientStates,

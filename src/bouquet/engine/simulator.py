@@ -24,7 +24,7 @@ from ..data.federated import FederatedDataset
 from .autograd_training import in_client_chunks, train_sequential, train_vectorized
 from .batching import TRAIN, SplitArrays, round_batches
 from .conv_kernels import ConvOptions, conv_forward, conv_trainer
-from .evaluation import ClientScores, personalized_params, score_forward, score_params, summarize
+from .evaluation import ClientScores, candidate_losses, personalized_params, score_forward, score_params, summarize
 from .finetune import finetune_batches, finetuned
 from .kernel_check import CheckedTrainer, KernelMismatchWarning
 from .mlp_kernels import kernel_trainer
@@ -98,14 +98,7 @@ class Simulator:
         private = select_clients(state.clients, ids)
         n = self.num_examples[ids].to(self.device)
         with alg.mode(True):
-            # client_init / client_final may run the model (IFCA picks its cluster by loss): vmapped where
-            # vmap is the faster path, one client at a time where it is not (convs on CPU)
-            if self.vectorized:
-                trainable = vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(
-                    payload, private, batches)
-            else:
-                trainable = _stack([alg.client_init(payload, _row(private, k), _row(batches, k))
-                                    for k in range(len(ids))])
+            trainable = self._client_init(state, payload, private, batches)
             if self.batched_training:
                 trained, losses = self.trainer(trainable, payload, private, batches)
             else:
@@ -119,6 +112,20 @@ class Simulator:
                 uploads, new_private = _stack([o[0] for o in outs]), _stack([o[1] for o in outs])
         results = ClientResults(ids, uploads, losses, new_private)
         return self.driver.finish(state, ids, sampler, payload, results)
+
+    def _client_init(self, state: RunState, payload: dict, private: dict, batches: dict) -> dict:
+        """The sampled clients' trainable parameters. client_init may run the model (IFCA picks its cluster
+        by loss): vmapped where vmap is the faster path, one client at a time where it is not (convs on CPU),
+        and a pick by loss from all clients' candidate losses by the conv kernels' forward once it is trusted."""
+        alg = self.alg
+        if alg.choose_by_loss is not None and self._batched_eval(state):
+            losses = candidate_losses(self.eval_forward, alg.choose_by_loss.candidates(payload), batches,
+                                      alg.objective)
+            return vmap(alg.choose_by_loss.pick, in_dims=(None, 0, 0))(payload, private, losses)
+        if self.vectorized:
+            return vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(payload, private, batches)
+        return _stack([alg.client_init(payload, _row(private, k), _row(batches, k))
+                       for k in range(batches["w"].shape[0])])
 
     def run(self, state: RunState | None = None, on_round: Callable[[dict], None] | None = None
             ) -> tuple[RunState, list[dict]]:
