@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from bouquet.algorithms import RouterConfig, task_loss
+from bouquet.algorithms.ensemble import ensemble
 from bouquet.algorithms.fedavg import fedavg
 from bouquet.algorithms.floral import floral, wrap
 from bouquet.algorithms.ifca import ifca
@@ -56,6 +57,12 @@ BUILDS = {
     "local_adaptor": lambda d, wd: local_adaptor(wrap(_cnn(d), 1, 2, adaptor_bias=True), d.objective, lr=0.05,
                                                  lora_lr=0.1, weight_decay=wd),
     "fedavg": lambda d, wd: fedavg(_cnn(d), d.objective, lr=0.05, weight_decay=wd),
+    # skip_below = 0: every member runs (the kernels do not implement the official skip of small pi)
+    "ensemble": lambda d, wd: ensemble(_cnn(d), d.objective, 3, lr=0.05, weight_decay=wd, skip_below=0.0,
+                                       router=RouterConfig(lr=0.5, temperature=0.7, entropy=0.02, init_std=1.0)),
+    # the oracle's exact one-hot pi: the members' parameters mixed first, one chain per client
+    "ensemble_optimal": lambda d, wd: ensemble(_cnn(d), d.objective, 2, lr=0.05, optimal_router=True,
+                                               weight_decay=wd, router=RouterConfig()),
 }
 
 

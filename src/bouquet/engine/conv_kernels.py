@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters import MixtureModel, precondition_lora_grads
+from ..adapters import MEMBERS, EnsembleModel, MixtureModel, precondition_lora_grads
 from ..adapters.functional import mixture_conv2d_kernel
 from ..algorithms import LocalUpdate, LossSpec
 from ..algorithms.contract import Batch, Params
@@ -71,23 +71,33 @@ class _Setup:
     temperature: float
     entropy: float
     options: ConvOptions
+    members: tuple[str, ...] = ()  # an Ensemble's member prefixes (layer names are relative to a member)
 
 
 def _setup(model: nn.Module, objective: str, plain: PlainSGD | None, spec: LossSpec | None,
            options: ConvOptions | None) -> _Setup | None:
     if spec is None or objective not in ("classification", "regression"):
         return None
-    if not isinstance(model, nn.Sequential | MixtureModel):
+    router = spec.router
+    members: tuple[str, ...] = ()
+    if isinstance(model, EnsembleModel):
+        chains = [parse_conv_chain(m) for m in model.members]
+        if router is None or chains[0] is None or any(c != chains[0] for c in chains) \
+                or any(isinstance(la, Conv | Dense) and la.num for la in chains[0]):
+            return None  # members must be the same plain chain, mixed by the router
+        layers, members = chains[0], tuple(f"{MEMBERS}{c}." for c in range(len(chains)))
+    elif isinstance(model, nn.Sequential | MixtureModel):
+        layers = parse_conv_chain(model)
+    else:
         return None
-    layers = parse_conv_chain(model)
     if layers is None:
         return None
-    router = spec.router
     mixed = [la for la in layers if isinstance(la, Conv | Dense) and la.num]
     if any(la.num > 1 for la in mixed) and router is None:
         return None
     return _Setup(layers, objective, plain, ROUTER if router is not None else None,
-                  router.temperature if router else 1.0, router.entropy if router else 0.0, options or ConvOptions())
+                  router.temperature if router else 1.0, router.entropy if router else 0.0, options or ConvOptions(),
+                  members)
 
 
 def conv_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: LossSpec | None,
@@ -119,7 +129,7 @@ def conv_forward(model: nn.Module, objective: str, spec: LossSpec | None,
 
     def forward(params: Params, x: Tensor) -> Tensor:
         pi = torch.softmax(params[setup.logits] / setup.temperature, dim=-1) if setup.logits else None
-        return _forward(setup, params.__getitem__, pi, x)
+        return _output(setup, params.__getitem__, pi, x)
 
     return forward
 
@@ -219,7 +229,7 @@ def _loss(setup: _Setup, lookup: Callable[[str], Tensor], batch: Batch) -> Tenso
     if setup.logits is not None:
         logits = lookup(setup.logits)
         pi = torch.softmax(logits / setup.temperature, dim=-1)
-    out = _forward(setup, lookup, pi, batch["x"])
+    out = _output(setup, lookup, pi, batch["x"])
     w = batch["w"].to(out.dtype)
     k, b = w.shape
     if setup.task == "classification":
@@ -231,6 +241,29 @@ def _loss(setup: _Setup, lookup: Callable[[str], Tensor], batch: Batch) -> Tenso
     if setup.entropy:
         value = value + setup.entropy * (pi * torch.log(pi.clamp_min(1e-30))).sum(dim=-1)
     return value
+
+
+def _output(setup: _Setup, lookup, pi: Tensor | None, x: Tensor) -> Tensor:
+    """The model's outputs [K, B, out]: the chain, or an Ensemble's pi-weighted sum of its members' chains.
+
+    When every client's pi is an exact one-hot (the optimal router) the members' parameters are mixed by pi
+    first and the chain runs once: the same outputs and, as pi_c = 0 scales member c's gradient, the same
+    gradients, at a member's cost instead of C members'.
+    """
+    if not setup.members:
+        return _forward(setup, lookup, pi, x)
+    k = x.shape[0]
+
+    def member(prefix: str):
+        return lambda name: lookup(prefix + name)
+
+    if bool(((pi == 0) | (pi == 1)).all()):
+        def mixed(name: str) -> Tensor:
+            stacked = torch.stack([lookup(p + name) for p in setup.members], dim=1)  # [K, C, ...]
+            return (pi.view(k, -1, *([1] * (stacked.dim() - 2))) * stacked).sum(dim=1)
+
+        return _forward(setup, mixed, None, x)
+    return sum(pi[:, c, None, None] * _forward(setup, member(p), None, x) for c, p in enumerate(setup.members))
 
 
 def _forward(setup: _Setup, lookup, pi: Tensor | None, x: Tensor) -> Tensor:
