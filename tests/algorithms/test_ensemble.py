@@ -91,9 +91,10 @@ def test_official_defaults_noise_one_and_member_skip():
     assert EnsembleOptimalOptions().router.noise == 0.0 and EnsembleOptimalOptions().optimal_router
     torch.manual_seed(0)
     alg = ensemble(nn.Linear(3, 2), "regression", 2, lr=0.1)
-    assert alg.loss_spec is None and alg.model.skip_below == 1e-3  # noisy and skipping: the autograd path
+    # noisy and skipping: declared for the conv kernels, not the MLP kernels' closed form
+    assert alg.loss_spec.skip_below == 1e-3 and not alg.loss_spec.closed_form and alg.model.skip_below == 1e-3
     assert ensemble(nn.Linear(3, 2), "regression", 2, lr=0.1, router=RouterConfig(),
-                    skip_below=0.0).loss_spec is not None
+                    skip_below=0.0).loss_spec.closed_form
     net: EnsembleModel = alg.model
     x = torch.randn(4, 3)
     pi = torch.tensor([1 - 5e-4, 5e-4])

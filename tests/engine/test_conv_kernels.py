@@ -14,11 +14,12 @@ from bouquet.algorithms.ifca import ifca
 from bouquet.algorithms.local_adaptor import local_adaptor
 from bouquet.app.bench.pfl_reference import Client, Server
 from bouquet.data import DataSpec, build_dataset
-from bouquet.engine.autograd_training import train_sequential
+from bouquet.engine.autograd_training import train_vectorized
 from bouquet.engine.conv_chain import FLATTEN, Conv, Pool, parse_conv_chain
 from bouquet.engine.conv_kernels import ConvOptions, conv_forward, conv_trainer
 from bouquet.engine.evaluation import candidate_losses
 from bouquet.engine.kernel_check import KernelMismatchWarning
+from bouquet.engine.mlp_kernels import kernel_trainer
 from bouquet.engine.simulator import RunSpec, Simulator
 from bouquet.models import build_model
 
@@ -54,12 +55,18 @@ BUILDS = {
     "floral_temperature_entropy": lambda d, wd: _floral(
         d, wd, router=RouterConfig(lr=0.5, temperature=0.5, entropy=0.05, init_std=1.0)),
     "floral_plain_sgd": lambda d, wd: _floral(d, wd, precondition=False),
+    # the official router: noise 1 on the logits (the same draws: both sides seeded alike) and a floor of 0.01
+    "floral_noise_floor": lambda d, wd: _floral(d, wd, router=RouterConfig(lr=0.5, noise=1.0, floor=0.01,
+                                                                          init_std=1.0)),
     "local_adaptor": lambda d, wd: local_adaptor(wrap(_cnn(d), 1, 2, adaptor_bias=True), d.objective, lr=0.05,
                                                  lora_lr=0.1, weight_decay=wd),
     "fedavg": lambda d, wd: fedavg(_cnn(d), d.objective, lr=0.05, weight_decay=wd),
     # skip_below = 0: every member runs (the kernels do not implement the official skip of small pi)
     "ensemble": lambda d, wd: ensemble(_cnn(d), d.objective, 3, lr=0.05, weight_decay=wd, skip_below=0.0,
                                        router=RouterConfig(lr=0.5, temperature=0.7, entropy=0.02, init_std=1.0)),
+    # the official Ensemble: router noise 1 and members of pi_c < 1e-3 left out
+    "ensemble_official": lambda d, wd: ensemble(_cnn(d), d.objective, 3, lr=0.05, weight_decay=wd,
+                                                router=RouterConfig(lr=0.5, noise=1.0, init_std=3.0)),
     # the oracle's exact one-hot pi: the members' parameters mixed first, one chain per client
     "ensemble_optimal": lambda d, wd: ensemble(_cnn(d), d.objective, 2, lr=0.05, optimal_router=True,
                                                weight_decay=wd, router=RouterConfig()),
@@ -70,8 +77,10 @@ def _train_both(alg, data, first_round, options=None):
     trainable, payload, private, batches = first_round(data, alg, batch_size=8)
     trainer = conv_trainer(alg.model, alg.objective, alg.local_update, alg.loss_spec, options)
     assert trainer is not None
+    torch.manual_seed(5)  # router noise: the kernels draw one [K, C] per step, as vmap does
     got = trainer(trainable, payload, private, batches)
-    ref = train_sequential(alg.loss, alg.local_update, trainable, payload, private, batches)
+    torch.manual_seed(5)
+    ref = train_vectorized(alg.loss, alg.local_update, trainable, payload, private, batches)
     return trainable, got, ref
 
 
@@ -85,7 +94,7 @@ def _assert_same(got, ref):
 
 @pytest.mark.parametrize("name", sorted(BUILDS))
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
-def test_conv_kernels_equal_sequential(images, first_round, name, weight_decay):
+def test_conv_kernels_equal_autograd_on_the_loss(images, first_round, name, weight_decay):
     """Folded ConvLoRA kernels, router, preconditioning, weight decay and padding steps match the reference."""
     alg = BUILDS[name](images, weight_decay)
     if alg.local_update.plain_sgd() is None:  # weight decay with the router exempt: the kernels must decline
@@ -146,7 +155,9 @@ def test_parse_conv_chain_layers_and_unsupported_models(images):
                                           nn.Linear(4 * 26 * 26, 10))) is None
     assert parse_conv_chain(nn.Sequential(nn.Conv2d(2, 4, 3, groups=2), nn.Flatten(), nn.Linear(4, 2))) is None
     noisy = _floral(images, router=RouterConfig(lr=0.5, noise=1.0, init_std=1.0))
-    assert conv_trainer(noisy.model, noisy.objective, noisy.local_update, noisy.loss_spec) is None
+    assert conv_trainer(noisy.model, noisy.objective, noisy.local_update, noisy.loss_spec) is not None
+    flat = wrap(build_model("mlp", images.input_shape, images.num_outputs), 3, 1)
+    assert kernel_trainer(flat, noisy.objective, noisy.local_update, noisy.loss_spec) is None  # MLP: clean only
 
 
 @pytest.mark.parametrize("name", sorted(BUILDS))

@@ -43,8 +43,10 @@ def test_every_registered_algorithm_trains_alike_with_and_without_kernels(digits
     sim_a, without, rec_a = _train(name, digits, False)
     assert sim_a.training_path == "vmap + autograd"
     uses_kernels = sim_k.training_path == "hand-batched kernels"
-    # the kernels run exactly for algorithms that declare a loss they implement and a plain-SGD step
-    declared = sim_k.alg.loss_spec is not None and sim_k.alg.local_update.plain_sgd() is not None
+    # the MLP kernels run exactly for algorithms that declare a closed-form loss (no router noise, floor or
+    # member skip: those only the conv kernels take) and a plain-SGD step
+    spec = sim_k.alg.loss_spec
+    declared = spec is not None and spec.closed_form and sim_k.alg.local_update.plain_sgd() is not None
     assert uses_kernels == declared, (name, sim_k.training_path)
     for k, v in without.server.get("params", {}).items():
         torch.testing.assert_close(with_kernels.server["params"][k], v, rtol=1e-4, atol=1e-5,
@@ -56,7 +58,7 @@ def test_every_registered_algorithm_trains_alike_with_and_without_kernels(digits
 
 
 def test_most_baselines_of_the_floral_tables_use_the_kernels(digits):
-    # The learned-router Ensemble runs the official noisy router (not the kernels' closed form); its oracle does.
+    # The learned-router Ensemble runs the official noisy router (not the MLP kernels' closed form); its oracle does.
     fast = [n for n in ("fedavg", "local", "local_adaptor", "floral", "ensemble_opt", "ifca", "fedper")
             if simulator(parse_experiment(SMALL), digits, n, 0)[0].checked is not None]
     assert len(fast) == 7

@@ -62,13 +62,22 @@ class LossSpec:
     """A declaration that ``loss`` has the closed form the engine's hand-batched kernels implement.
 
     The loss is the task loss of the algorithm's model on the trainable parameters, with mixture weights
-    pi = softmax(router.logits / router.temperature) minus ``router.entropy`` * H(pi) when ``router`` is
-    set, pi = [1] without one (plain models, single adaptors). The engine trusts it only after checking
-    the kernels' first local step against autograd on ``loss`` (``engine.kernel_check``); an algorithm
-    whose loss is not of this form leaves ``Algorithm.loss_spec`` at None.
+    pi = softmax((router.logits + router.noise * U[0, 1)) / router.temperature) clamped from below at
+    ``router.floor``, members with pi_c < ``skip_below`` left out (an Ensemble's), minus ``router.entropy``
+    * H(softmax(logits / temperature)) when ``router`` is set; pi = [1] without one (plain models, single
+    adaptors). The noise is one ``torch.rand`` of [clients, C] per local step, as vmap draws it. The
+    engine trusts it only after checking the kernels' first local step against autograd on ``loss``
+    (``engine.kernel_check``); an algorithm whose loss is not of this form leaves ``loss_spec`` at None.
     """
 
     router: RouterConfig | None = None
+    #: an Ensemble's members with pi_c below this are left out of the sum (0: every member)
+    skip_below: float = 0.0
+
+    @property
+    def closed_form(self) -> bool:
+        """pi is softmax(logits / temperature) exactly (no noise, floor or skip): what the MLP kernels take."""
+        return (self.router is None or self.router.closed_form) and not self.skip_below
 
 
 @dataclass(frozen=True)

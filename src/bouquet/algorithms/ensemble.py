@@ -54,11 +54,11 @@ def ensemble(model: nn.Module, objective: Objective, num_models: int, *, lr: flo
     total = sum(v.numel() for v in init_params.values())
     update = local_sgd(lr, lr_of=lambda k: routed.router_rate if k == ROUTER else lr, weight_decay_rate=weight_decay,
                        decay_exempt=("router.",))
-    # The kernels mix every member: they apply when no member is skipped (off, or an exact one-hot oracle).
-    kernels = rc.closed_form and (not skip_below or optimal_router)
+    # The oracle's pi is an exact one-hot: skipping the members of pi_c = 0 changes nothing there.
+    declared = LossSpec(router=rc, skip_below=0.0 if optimal_router else skip_below)
     return Algorithm(name=name, model=net, objective=objective, **routed.functions(), aggregate=aggregate,
                      local_update=update, private_keys=("router.",),
-                     loss_spec=LossSpec(router=rc) if kernels else None,
+                     loss_spec=declared,
                      param_counts={"models": total, "router": num_models, "uploaded": total + num_models},
                      report=router_report(initial=routed.initial, temperature=rc.temperature))
 

@@ -93,7 +93,7 @@ def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: flo
                        max_norm=max_step_norm)
     return Algorithm(name=name, model=model, objective=objective, **routed.functions(), aggregate=aggregate,
                      local_update=update, private_keys=("router.",),
-                     loss_spec=LossSpec(router=rc) if rc.closed_form else None,
+                     loss_spec=LossSpec(router=rc),
                      param_counts={"adaptors": adaptors, "router": num, "uploaded": base + adaptors + num},
                      report=router_report(initial=routed.initial, temperature=rc.temperature))
 

@@ -72,6 +72,9 @@ class _Setup:
     entropy: float
     options: ConvOptions
     members: tuple[str, ...] = ()  # an Ensemble's member prefixes (layer names are relative to a member)
+    noise: float = 0.0  # training-time router noise: noise * U[0, 1) on the logits
+    floor: float = 0.0  # pi clamped from below (no renormalisation)
+    skip_below: float = 0.0  # an Ensemble's members with pi_c below it left out
 
 
 def _setup(model: nn.Module, objective: str, plain: PlainSGD | None, spec: LossSpec | None,
@@ -97,15 +100,15 @@ def _setup(model: nn.Module, objective: str, plain: PlainSGD | None, spec: LossS
         return None
     return _Setup(layers, objective, plain, ROUTER if router is not None else None,
                   router.temperature if router else 1.0, router.entropy if router else 0.0, options or ConvOptions(),
-                  members)
+                  members, router.noise if router else 0.0, router.floor if router else 0.0, spec.skip_below)
 
 
 def conv_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: LossSpec | None,
                  options: ConvOptions | None = None) -> Trainer | None:
     """A trainer with ``train_vectorized``'s contract for a conv chain model, or None when it does not apply.
 
-    ``spec`` declares the loss (pi = softmax(router logits / T) minus entropy * H(pi), or pi = [1] without a
-    router); ``update`` must be plain SGD (optionally with LoRA preconditioning).
+    ``spec`` declares the loss (pi from the router logits with noise, temperature, floor and skip, minus
+    entropy * H, or pi = [1] without a router); ``update`` must be plain SGD (optionally with LoRA preconditioning).
     """
     plain = update.plain_sgd()
     setup = _setup(model, objective, plain, spec, options) if plain is not None else None
@@ -128,7 +131,7 @@ def conv_forward(model: nn.Module, objective: str, spec: LossSpec | None,
         return None
 
     def forward(params: Params, x: Tensor) -> Tensor:
-        pi = torch.softmax(params[setup.logits] / setup.temperature, dim=-1) if setup.logits else None
+        pi = _pi(setup, params[setup.logits], None) if setup.logits else None
         return _output(setup, params.__getitem__, pi, x)
 
     return forward
@@ -136,15 +139,22 @@ def conv_forward(model: nn.Module, objective: str, spec: LossSpec | None,
 
 def _train(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
            batches: Batch) -> tuple[Params, Tensor]:
-    num_clients = batches["w"].shape[0]
+    num_clients, num_steps = batches["w"].shape[:2]
+    noise = None
+    if setup.noise and setup.logits is not None:
+        # one draw of [K, C] per step, all before the chunks run (in threads): vmap's draws, in its order
+        logits = trainable[setup.logits] if setup.logits in trainable else private[setup.logits]
+        noise = setup.noise * torch.stack([torch.rand(logits.shape, dtype=logits.dtype, device=logits.device)
+                                           for _ in range(num_steps)], dim=1)  # [K, S, C]
     size = setup.options.chunk or num_clients
     if size >= num_clients:
-        return _train_chunk(setup, trainable, shared, private, batches)
+        return _train_chunk(setup, trainable, shared, private, batches, noise)
 
     def chunk(start: int) -> tuple[Params, Tensor]:
         rows = slice(start, start + size)
         return _train_chunk(setup, {k: v[rows] for k, v in trainable.items()}, shared,
-                            {k: v[rows] for k, v in private.items()}, {k: v[rows] for k, v in batches.items()})
+                            {k: v[rows] for k, v in private.items()}, {k: v[rows] for k, v in batches.items()},
+                            None if noise is None else noise[rows])
 
     workers = resolve_workers(setup.options.workers, batches["w"].device)
     parts = map_chunks(chunk, range(0, num_clients, size), workers)
@@ -152,7 +162,7 @@ def _train(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor], priva
 
 
 def _train_chunk(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
-                 batches: Batch) -> tuple[Params, Tensor]:
+                 batches: Batch, noise: Tensor | None) -> tuple[Params, Tensor]:
     names = list(trainable)
     params = [trainable[k].detach().clone(memory_format=torch.contiguous_format) for k in names]
     w = batches["w"]
@@ -167,14 +177,15 @@ def _train_chunk(setup: _Setup, trainable: Params, shared: Mapping[str, Tensor],
             continue  # no client has a real row: nothing changes
         batch = {k: v[:, s, :widths[s]] for k, v in batches.items()}
         mask = active[:, s]
-        values, grads = _grads(setup, names, params, shared, private, batch, num_clients)
+        values, grads = _grads(setup, names, params, shared, private, batch, num_clients,
+                               None if noise is None else noise[:, s])
         _sgd_step(setup, names, params, grads, rates, None if bool(mask.all()) else mask)
         total += values.detach() * mask
     return dict(zip(names, params, strict=True)), total / active.sum(dim=1).clamp_min(1)
 
 
 def _grads(setup: _Setup, names: list[str], params: list[Tensor], shared, private, batch,
-           num_clients: int) -> tuple[Tensor, list[Tensor]]:
+           num_clients: int, noise: Tensor | None) -> tuple[Tensor, list[Tensor]]:
     """Every client's loss and gradient at one step."""
     leaves = [p.requires_grad_(True) for p in params]
     try:
@@ -189,7 +200,7 @@ def _grads(setup: _Setup, names: list[str], params: list[Tensor], shared, privat
                 t = shared[name]
                 return t.expand(num_clients, *t.shape)
 
-            values = _loss(setup, lookup, batch)
+            values = _loss(setup, lookup, batch, noise)
             grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True)
     finally:
         for p in params:
@@ -222,13 +233,23 @@ def _sgd_step(setup: _Setup, names, params, grads, rates, mask: Tensor | None) -
         torch._foreach_sub_(params, grads)
 
 
-def _loss(setup: _Setup, lookup: Callable[[str], Tensor], batch: Batch) -> Tensor:
-    """Each client's declared loss on its batch, [K]."""
+def _pi(setup: _Setup, logits: Tensor, noise: Tensor | None) -> Tensor:
+    """Mixture weights [K, C]: softmax((logits + noise) / T), clamped at the floor, members below the skip at 0."""
+    pi = torch.softmax((logits if noise is None else logits + noise) / setup.temperature, dim=-1)
+    if setup.floor:
+        pi = pi.clamp(min=setup.floor)
+    if setup.skip_below:
+        pi = torch.where(pi < setup.skip_below, torch.zeros_like(pi), pi)
+    return pi
+
+
+def _loss(setup: _Setup, lookup: Callable[[str], Tensor], batch: Batch, noise: Tensor | None = None) -> Tensor:
+    """Each client's declared loss on its batch, [K] (``noise`` [K, C]: this step's router noise)."""
     pi = None
     logits = None
     if setup.logits is not None:
         logits = lookup(setup.logits)
-        pi = torch.softmax(logits / setup.temperature, dim=-1)
+        pi = _pi(setup, logits, noise)
     out = _output(setup, lookup, pi, batch["x"])
     w = batch["w"].to(out.dtype)
     k, b = w.shape
@@ -239,31 +260,33 @@ def _loss(setup: _Setup, lookup: Callable[[str], Tensor], batch: Batch) -> Tenso
         per = (diff * diff).reshape(k, b, -1).mean(dim=-1)
     value = (per * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
     if setup.entropy:
-        value = value + setup.entropy * (pi * torch.log(pi.clamp_min(1e-30))).sum(dim=-1)
+        clean = torch.softmax(logits / setup.temperature, dim=-1)
+        value = value + setup.entropy * (clean * torch.log(clean.clamp_min(1e-30))).sum(dim=-1)
     return value
 
 
 def _output(setup: _Setup, lookup, pi: Tensor | None, x: Tensor) -> Tensor:
     """The model's outputs [K, B, out]: the chain, or an Ensemble's pi-weighted sum of its members' chains.
 
-    When every client's pi is an exact one-hot (the optimal router) the members' parameters are mixed by pi
-    first and the chain runs once: the same outputs and, as pi_c = 0 scales member c's gradient, the same
-    gradients, at a member's cost instead of C members'.
+    Members with pi_c = 0 for every client of the chunk (skipped, or the oracle's) do not run. When each
+    client has one member left (the optimal router, or a router whose other members fall below the skip),
+    that member's parameters are gathered per client and the chain runs once: pi_c f_c(x), the same
+    outputs and gradients at one member's cost instead of C members'.
     """
     if not setup.members:
         return _forward(setup, lookup, pi, x)
     k = x.shape[0]
+    used = pi != 0
+    if bool((used.sum(dim=-1) == 1).all()):
+        chosen = used.to(pi.dtype)
 
-    def member(prefix: str):
-        return lambda name: lookup(prefix + name)
-
-    if bool(((pi == 0) | (pi == 1)).all()):
-        def mixed(name: str) -> Tensor:
+        def gathered(name: str) -> Tensor:
             stacked = torch.stack([lookup(p + name) for p in setup.members], dim=1)  # [K, C, ...]
-            return (pi.view(k, -1, *([1] * (stacked.dim() - 2))) * stacked).sum(dim=1)
+            return (chosen.view(k, -1, *([1] * (stacked.dim() - 2))) * stacked).sum(dim=1)
 
-        return _forward(setup, mixed, None, x)
-    return sum(pi[:, c, None, None] * _forward(setup, member(p), None, x) for c, p in enumerate(setup.members))
+        return pi.sum(dim=-1)[:, None, None] * _forward(setup, gathered, None, x)
+    return sum(pi[:, c, None, None] * _forward(setup, lambda name, p=p: lookup(p + name), None, x)
+               for c, p in enumerate(setup.members) if bool(used[:, c].any()))
 
 
 def _forward(setup: _Setup, lookup, pi: Tensor | None, x: Tensor) -> Tensor:

@@ -86,8 +86,10 @@ class CheckedTrainer:
 
     def _compare(self, start: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
                  batches: Batch) -> str | None:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]):  # both from the same RNG state: the same router noise draws
+            rng = torch.get_rng_state()
             by_kernels, _ = self.kernels(dict(start), shared, private, batches)
+            torch.set_rng_state(rng)
             by_autograd, _ = self.reference(dict(start), shared, private, batches)
         return update_mismatch(start, by_kernels, by_autograd, self.rtol)
 

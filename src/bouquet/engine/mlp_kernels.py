@@ -58,8 +58,8 @@ def kernel_trainer(model: nn.Module, objective: str, update: LocalUpdate, spec: 
     runs batches the chain cannot take (inputs that are not one vector per example).
     """
     plain = update.plain_sgd()
-    if spec is None or plain is None or objective not in ("classification", "regression"):
-        return None
+    if spec is None or not spec.closed_form or plain is None or objective not in ("classification", "regression"):
+        return None  # router noise, floor and member skip are the conv kernels' only
     router = spec.router
     declared = _Declared(ROUTER if router is not None else None, router.temperature if router else 1.0,
                          router.entropy if router else 0.0, plain.precondition_eps)
