@@ -78,8 +78,8 @@ class EnsembleOptions(RoutedOptions):
 
 @dataclass(frozen=True)
 class EnsembleOptimalOptions(EnsembleOptions):
-    # The oracle's pi is an exact one-hot: noise on the -1e4 logits and the skip change nothing, and
-    # noise-free routers let the engine's kernels run it.
+    # The oracle's pi is an exact one-hot: noise on the -1e4 logits and the skip change nothing, and a
+    # noise-free, skip-free declaration lets the MLP kernels run it too.
     router: RouterConfig = router_field()
     optimal_router: bool = True
 
