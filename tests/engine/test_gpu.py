@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from bouquet.algorithms import RouterConfig
 from bouquet.algorithms.floral import floral, wrap
 from bouquet.data import DataSpec, FederatedDataset, PooledClients, build_dataset
 from bouquet.engine.batching import SplitArrays, padded_split
@@ -82,3 +83,16 @@ def test_pooled_clients_gather_on_cuda():
     got, want = gpu.gather(index, weight), cpu.gather(index, weight)
     assert got["x"].device.type == "cuda" and gpu.rows.device.type == "cuda"
     assert all(torch.equal(got[k].cpu(), want[k]) for k in ("x", "y", "w"))
+
+
+def test_cuda_conv_kernels_pass_their_check_with_the_official_noisy_router():
+    """Router noise on CUDA: the first-step check restores the CUDA RNG state too, so the kernels are trusted."""
+    data = build_dataset(DataSpec(name="mnist5k", num_clients=6, num_clusters=2, shift="rotate",
+                                  train_per_client=20, test_per_client=5, resample=True, seed=0))
+    torch.manual_seed(0)
+    model = wrap(build_model("cifar_cnn", data.input_shape, data.num_outputs), 2, 2, adaptor_bias=True)
+    alg = floral(model.to("cuda"), data.objective, lr=0.1,
+                 router=RouterConfig(lr=0.1, noise=1.0, floor=0.01, init_std=1.0))
+    sim = Simulator(alg, data, RunSpec(rounds=1, clients_per_round=4, batch_size=8, device="cuda"), seed=1)
+    sim.run_round(sim.init_state())
+    assert sim.training_path == "batched conv kernels"

@@ -86,10 +86,14 @@ class CheckedTrainer:
 
     def _compare(self, start: Params, shared: Mapping[str, Tensor], private: Mapping[str, Tensor],
                  batches: Batch) -> str | None:
-        with torch.random.fork_rng(devices=[]):  # both from the same RNG state: the same router noise draws
-            rng = torch.get_rng_state()
+        device = next(iter(batches.values())).device
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # both from the same RNG state: the same router noise draws
+            rng = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
             by_kernels, _ = self.kernels(dict(start), shared, private, batches)
-            torch.set_rng_state(rng)
+            torch.set_rng_state(rng[0])
+            for d, state in zip(cuda, rng[1], strict=True):
+                torch.cuda.set_rng_state(state, d)
             by_autograd, _ = self.reference(dict(start), shared, private, batches)
         return update_mismatch(start, by_kernels, by_autograd, self.rtol)
 
