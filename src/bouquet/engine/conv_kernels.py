@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..adapters import MEMBERS, EnsembleModel, MixtureModel, precondition_lora_grads
+from ..adapters import MEMBERS, EnsembleModel, MixtureModel, mixture_weights, precondition_lora_grads
 from ..adapters.functional import mixture_conv2d_kernel
 from ..algorithms import LocalUpdate, LossSpec
 from ..algorithms.contract import Batch, Params
@@ -235,9 +235,8 @@ def _sgd_step(setup: _Setup, names, params, grads, rates, mask: Tensor | None) -
 
 def _pi(setup: _Setup, logits: Tensor, noise: Tensor | None) -> Tensor:
     """Mixture weights [K, C]: softmax((logits + noise) / T), clamped at the floor, members below the skip at 0."""
-    pi = torch.softmax((logits if noise is None else logits + noise) / setup.temperature, dim=-1)
-    if setup.floor:
-        pi = pi.clamp(min=setup.floor)
+    pi = mixture_weights(logits if noise is None else logits + noise, floor=setup.floor,
+                         temperature=setup.temperature)  # the noise drawn by the caller, for every client at once
     if setup.skip_below:
         pi = torch.where(pi < setup.skip_below, torch.zeros_like(pi), pi)
     return pi
