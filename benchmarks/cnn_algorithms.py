@@ -4,8 +4,8 @@ Workload: `configs/floral/fashion_mnist_rotate_cnn.toml` (300 clients, 30 per ro
 steps), seed 0, each algorithm with the config's settings. Per algorithm two simulators from the same initial
 state: the current default path and the path it replaced:
 
-- ifca: the cluster choice from all clients' candidate losses by the conv kernels' forward, against
-  client_init one client at a time (training on the kernels in both);
+- ifca, floral_em: the cluster choice (IFCA) or the EM router (FLoRAL) from all clients' candidate losses by
+  the conv kernels' forward, against client_init one client at a time (training on the kernels in both);
 - ensemble_opt: the conv kernels (one gathered member per client) against the client loop;
 - ensemble, floral_paper (the official noisy router, floor, member skip): the conv kernels with the same
   router noise draws as vmap, against the client loop.
@@ -38,7 +38,7 @@ def simulators(name: str, exp, data) -> dict[str, Simulator]:
     """The current path and the one it replaced for ``name``."""
     spec = exp.run.spec()
     new = Simulator(build_algorithm(exp, data, name, 0)[0], data, spec, seed=0)
-    if name == "ifca":
+    if name in ("ifca", "floral_em"):
         old = Simulator(build_algorithm(exp, data, name, 0)[0], data, spec, seed=0)
         old.alg = replace(old.alg, choose_by_loss=None)
     else:

@@ -216,3 +216,33 @@ def test_candidate_losses_equal_each_clients_loss_under_each_model(images, first
         want = torch.stack([task_loss(alg.apply({n: v[c] for n, v in payload.items()}, x), y, w, alg.objective)
                             for c in range(2)])
         torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("select", ["em", "loss"])
+def test_floral_routers_chosen_by_loss_take_the_kernels_candidate_losses_as_the_client_loop_does(images, select):
+    """FLoRAL's EM and loss-selected routers from all clients' component losses at once (the kernels' forward with
+    a one-hot router per component) equal client_init's, client by client, over 3 rounds."""
+    router = RouterConfig(select=select, init_std=1.0, explore=0.05)
+    runs = []
+    for batched in (True, False):
+        alg = _floral(images, router=router)
+        assert alg.choose_by_loss is not None
+        sim = Simulator(alg, images, RunSpec(rounds=3, clients_per_round=5, batch_size=8))
+        if batched:  # the batched path never calls the one-client client_init
+            sim.alg = replace(alg, client_init=lambda *a: pytest.fail("client_init called"))
+        else:
+            sim.alg = replace(alg, choose_by_loss=None)
+        state = sim.init_state()
+        for _ in range(3):
+            state, _ = sim.run_round(state)
+        runs.append(state)
+    (a, b), router_key = runs, "router.logits"
+    torch.testing.assert_close(a.clients[router_key], b.clients[router_key], rtol=1e-4, atol=1e-4)
+    for k in b.server["params"]:
+        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_router_floor_keeps_the_choice_by_loss_in_client_init(images):
+    """With a floor, a one-hot router's pi is not e_c: the batched candidates would differ, so none is declared."""
+    assert _floral(images, router=RouterConfig(select="em", floor=0.01)).choose_by_loss is None
+    assert _floral(images, router=RouterConfig(select="gradient")).choose_by_loss is None

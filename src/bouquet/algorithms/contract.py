@@ -110,12 +110,14 @@ class Merging:
 
 @dataclass(frozen=True)
 class ChooseByLoss:
-    """A ``client_init`` that picks one of C candidate models by its task loss on the round's batches (IFCA).
+    """A ``client_init`` that chooses from C candidate models' task losses on the round's batches (IFCA's
+    cluster, FLoRAL's loss-selected or EM router).
 
-    ``candidates(payload)`` gives the C models' parameters stacked [C, ...] under the model's names;
-    ``pick(payload, client_state, losses)`` the trainable parameters from the C losses [C]. ``client_init``
-    equals ``pick`` on the losses of ``apply`` with each candidate, so an engine with a batched forward may
-    compute the losses of all clients and candidates at once instead of one client's at a time.
+    ``candidates(payload)`` gives the C models' parameters stacked [C, ...] under the personalized model's
+    names; ``pick(payload, client_state, losses, batches)`` the trainable parameters from the C losses [C] (the
+    batches give the row weights). ``client_init`` equals ``pick`` on the losses of ``apply`` with each
+    candidate, so an engine with a batched forward may compute the losses of all clients and candidates at
+    once instead of one client's at a time.
     """
 
     candidates: Callable[[Payload], Params]

@@ -53,7 +53,7 @@ def ifca(model: nn.Module, objective: Objective, num_models: int, *, lr: float,
     def broadcast(server):
         return dict(server["params"])
 
-    def pick(payload, client_state, losses):
+    def pick(payload, client_state, losses, batches=None):
         onehot = (torch.arange(num_models, device=losses.device) == losses.argmin()).to(dtype)
         return {**select(payload, onehot), CHOICE: onehot}
 

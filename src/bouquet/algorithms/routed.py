@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad
 
 from ..adapters import mixture_weights
-from .contract import Objective, Params, task_loss
+from .contract import ChooseByLoss, Objective, Params, task_loss
 from .routing import MIXTURE_WEIGHT, ORACLE_OFF, ROUTER, RouterConfig, initial_logits
 from .server_opt import ServerOptimizer
 
@@ -28,8 +28,8 @@ def entropy(pi: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class RoutedFunctions:
     """init, broadcast, client_init, loss, client_final, personalize and the evaluation forward of a
-    routed mixture, and the router's local learning rate (0 when the router is not trained by SGD:
-    the oracle, or chosen by loss)."""
+    routed mixture, the router's local learning rate (0 when the router is not trained by SGD: the oracle, or
+    chosen by loss) and, for a router chosen by the components' losses, how to batch that choice."""
 
     init: Callable
     broadcast: Callable
@@ -41,12 +41,14 @@ class RoutedFunctions:
     router_rate: float
     #: the logits ``init`` drew last (``{ROUTER: [N, C]}``), for the router-drift report
     initial: dict
+    #: the router chosen from the components' losses (``select = "loss"`` or ``"em"``), for a batched engine
+    choose_by_loss: ChooseByLoss | None = None
 
     def functions(self) -> dict:
         """The contract functions, as keyword arguments of ``Algorithm``."""
         return {"init": self.init, "broadcast": self.broadcast, "client_init": self.client_init,
                 "loss": self.loss, "client_final": self.client_final, "personalize": self.personalize,
-                "forward": self.forward}
+                "forward": self.forward, "choose_by_loss": self.choose_by_loss}
 
 
 def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num: int, optimal_router: bool,
@@ -90,32 +92,42 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
                                         flat["y"], flat["w"], objective) for c in range(num)])
         return losses.detach().to(logits.dtype), flat["w"].sum().to(logits.dtype)
 
-    def em_step(logits, params, batches):
+    def em_from_losses(logits, losses, n):
         # EM responsibilities: p(c|k) proportional to pi_c exp(-n_k loss_c) (the prior is the client's last
         # mixture), then mixed with `explore` of the uniform mixture; logits returned so that the forward's
         # softmax(logits / temperature) is exactly that mixture.
-        losses, n = component_losses(logits, params, batches)
         log_post = torch.log_softmax(logits / rc.temperature, dim=-1) - n * losses
         post = (1 - rc.explore) * torch.softmax(log_post, dim=-1) + rc.explore / num
         return rc.temperature * torch.log(post.clamp_min(1e-30))
 
-    def choose(logits, params, batches):
+    def choice_from_losses(logits, losses):
         # Loss-selected router: one-hot on the component of lowest loss on this round's training rows.
         # Components tied within float noise (identical at the start) go to the client's largest logit:
         # its last choice, or its random initial preference, which breaks the symmetry between them.
-        losses, _ = component_losses(logits, params, batches)
         tied = losses <= losses.min() + 1e-6 * (1 + losses.min().abs())
         pick = torch.where(tied, logits, torch.full_like(logits, -torch.inf)).argmax()
         return torch.where(torch.arange(num, device=logits.device) == pick, 0.0, ORACLE_OFF).to(logits.dtype)
+
+    def selected(logits, losses, n):
+        return choice_from_losses(logits, losses) if rc.select == "loss" else em_from_losses(logits, losses, n)
+
+    def candidates(payload):
+        # Component c alone: the model with a one-hot router on c (exact with no floor: softmax of ORACLE_OFF
+        # is 0), so the losses equal component_losses' with pi = e_c.
+        like = next(iter(payload.values()))
+        onehot = torch.where(torch.eye(num, dtype=torch.bool, device=like.device), 0.0, ORACLE_OFF).to(dtype)
+        return {**{k: v.expand(num, *v.shape) for k, v in payload.items()}, ROUTER: onehot}
+
+    def pick(payload, client_state, losses, batches):
+        n = batches["w"].sum().to(losses.dtype)
+        return {**payload, ROUTER: selected(client_state[ROUTER], losses.to(dtype), n.to(dtype))}
 
     def client_init(payload, client_state, batches):
         trainable = dict(payload)
         if not optimal_router:
             logits = client_state[ROUTER]
-            if rc.select == "loss":
-                logits = choose(logits, payload, batches)
-            elif rc.select == "em":
-                logits = em_step(logits, payload, batches)
+            if rc.select in ("loss", "em"):
+                logits = selected(logits, *component_losses(logits, payload, batches))
             elif rc.steps:
                 logits = refresh(logits, payload, batches)
             trainable[ROUTER] = logits
@@ -139,5 +151,8 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
         return functional_call(net, params, (x,), {"pi": pi}, strict=False)
 
     fixed = optimal_router or rc.select != "gradient"  # set at client_init, not trained by SGD
+    # a router chosen by the components' losses, declared so that an engine may batch them (a floor would make
+    # the one-hot candidates' pi differ from e_c)
+    by_loss = not optimal_router and rc.select != "gradient" and rc.floor == 0
     return RoutedFunctions(init, broadcast, client_init, loss, client_final, personalize, forward,
-                           0.0 if fixed else rc.lr, initial)
+                           0.0 if fixed else rc.lr, initial, ChooseByLoss(candidates, pick) if by_loss else None)

@@ -121,7 +121,7 @@ class Simulator:
         if alg.choose_by_loss is not None and self._batched_eval(state):
             losses = candidate_losses(self.eval_forward, alg.choose_by_loss.candidates(payload), batches,
                                       alg.objective)
-            return vmap(alg.choose_by_loss.pick, in_dims=(None, 0, 0))(payload, private, losses)
+            return vmap(alg.choose_by_loss.pick, in_dims=(None, 0, 0, 0))(payload, private, losses, batches)
         if self.vectorized:
             return vmap(alg.client_init, in_dims=(None, 0, 0), randomness="different")(payload, private, batches)
         return _stack([alg.client_init(payload, _row(private, k), _row(batches, k))
