@@ -1,7 +1,8 @@
 """Run the FLoRAL reproduction grid: one `bouquet run` process per (task, algorithm, seed), a few at a time.
 
 Each job writes ``benchmarks/floral/out/<task>/<algorithm>/seed<k>/`` (git-ignored) and its wall time
-to ``benchmarks/floral/out/walltimes.jsonl``; finished jobs are skipped on re-runs. Then
+to ``benchmarks/floral/out/walltimes.jsonl``; finished jobs are skipped on re-runs, and an interrupted one (its
+directory holds checkpoints but no summary) continues with ``bouquet run --resume``. Then
 ``report.py`` turns the summaries into the RESULTS.md tables.
 
     OMP_NUM_THREADS=1 python benchmarks/floral/grid.py --tasks synthetic_linear,mnist5k_rotate \
@@ -34,10 +35,13 @@ def run_job(task: str, algorithm: str, seed: int, overrides: list[str], tag: str
     out = job_dir(task, algorithm, seed, tag)
     if (out / "summary.json").exists():
         return {"task": task, "algorithm": algorithm, "seed": seed, "skipped": True}
-    cmd = [*BOUQUET, "run", str(ROOT / "configs" / "floral" / f"{task}.toml"), "--algorithms", algorithm,
-           "--seeds", str(seed), "--out", str(out), "--no-progress"]
-    for o in overrides:
-        cmd += ["--set", o]
+    if any((out / "checkpoints").glob("*.ckpt")):  # an interrupted run: continue it from its checkpoints
+        cmd = [*BOUQUET, "run", "--resume", str(out), "--no-progress"]
+    else:
+        cmd = [*BOUQUET, "run", str(ROOT / "configs" / "floral" / f"{task}.toml"), "--algorithms", algorithm,
+               "--seeds", str(seed), "--out", str(out), "--no-progress"]
+        for o in overrides:
+            cmd += ["--set", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
