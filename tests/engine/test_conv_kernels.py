@@ -185,21 +185,28 @@ def test_a_kernels_forward_that_disagrees_is_caught_and_the_client_loop_evaluate
     torch.testing.assert_close(got.loss, sim.client_scores(state).loss)
 
 
-def test_ifca_picks_its_cluster_models_by_the_kernels_forward_as_the_client_loop_does(images):
-    """IFCA's choice by loss from all clients' candidate losses at once equals client_init's, client by client."""
+def _batched_and_client_loop(images, build, rounds=3):
+    """The states after ``rounds`` rounds of the algorithm ``build()`` makes: its choice by loss batched (the
+    one-client client_init never called), then client_init client by client (no ChooseByLoss)."""
     runs = []
     for batched in (True, False):
-        alg = ifca(_cnn(images), images.objective, 3, lr=0.05)
-        sim = Simulator(alg, images, RunSpec(rounds=3, clients_per_round=5, batch_size=8))
-        if batched:  # the batched path never calls the one-client client_init
+        alg = build()
+        sim = Simulator(alg, images, RunSpec(rounds=rounds, clients_per_round=5, batch_size=8))
+        if batched:
             sim.alg = replace(alg, client_init=lambda *a: pytest.fail("client_init called"))
         else:
             sim.alg = replace(alg, choose_by_loss=None)
         state = sim.init_state()
-        for _ in range(3):
+        for _ in range(rounds):
             state, _ = sim.run_round(state)
         runs.append(state)
-    (a, b), choice = runs, "ifca.choice"
+    return runs
+
+
+def test_ifca_picks_its_cluster_models_by_the_kernels_forward_as_the_client_loop_does(images):
+    """IFCA's choice by loss from all clients' candidate losses at once equals client_init's, client by client."""
+    (a, b), choice = _batched_and_client_loop(images, lambda: ifca(_cnn(images), images.objective, 3, lr=0.05)), \
+        "ifca.choice"
     assert a.clients[choice].sum() == images.num_clients  # every client chose once per round
     torch.testing.assert_close(a.clients[choice], b.clients[choice])
     for k in b.server["params"]:
@@ -223,20 +230,8 @@ def test_floral_routers_chosen_by_loss_take_the_kernels_candidate_losses_as_the_
     """FLoRAL's EM and loss-selected routers from all clients' component losses at once (the kernels' forward with
     a one-hot router per component) equal client_init's, client by client, over 3 rounds."""
     router = RouterConfig(select=select, init_std=1.0, explore=0.05)
-    runs = []
-    for batched in (True, False):
-        alg = _floral(images, router=router)
-        assert alg.choose_by_loss is not None
-        sim = Simulator(alg, images, RunSpec(rounds=3, clients_per_round=5, batch_size=8))
-        if batched:  # the batched path never calls the one-client client_init
-            sim.alg = replace(alg, client_init=lambda *a: pytest.fail("client_init called"))
-        else:
-            sim.alg = replace(alg, choose_by_loss=None)
-        state = sim.init_state()
-        for _ in range(3):
-            state, _ = sim.run_round(state)
-        runs.append(state)
-    (a, b), router_key = runs, "router.logits"
+    assert _floral(images, router=router).choose_by_loss is not None
+    (a, b), router_key = _batched_and_client_loop(images, lambda: _floral(images, router=router)), "router.logits"
     torch.testing.assert_close(a.clients[router_key], b.clients[router_key], rtol=1e-4, atol=1e-4)
     for k in b.server["params"]:
         torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
