@@ -233,8 +233,8 @@ def test_floral_routers_chosen_by_loss_take_the_kernels_candidate_losses_as_the_
     assert _floral(images, router=router).choose_by_loss is not None
     (a, b), router_key = _batched_and_client_loop(images, lambda: _floral(images, router=router)), "router.logits"
     torch.testing.assert_close(a.clients[router_key], b.clients[router_key], rtol=1e-4, atol=1e-4)
-    for k in b.server["params"]:
-        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-5)
+    for k in b.server["params"]:  # 3 rounds of float32 sums in two orders: 3e-5 apart on some CPUs
+        torch.testing.assert_close(a.server["params"][k], b.server["params"][k], rtol=1e-4, atol=1e-4)
 
 
 def test_a_router_floor_keeps_the_choice_by_loss_in_client_init(images):

@@ -74,6 +74,8 @@ class EnsembleOptions(RoutedOptions):
     def check(self, s: str) -> None:
         super().check(s)
         require(0 <= self.skip_below < 1, f"{s}.skip_below", "a number in [0, 1)", self.skip_below)
+        require(self.router.revive == 0, f"{s}.router_revive", "0 (component revival is FLoRAL's only)",
+                self.router.revive)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from ..models.hf import HF_MODELS
 from .contract import Algorithm, LossSpec, Objective, weighted_mean
 from .local_update import local_sgd
 from .registry import BuildContext, register
+from .revival import revive_step
 from .routed import routed_functions
 from .routing import MIXTURE_WEIGHT, ROUTER, RouterConfig, component_weights, routed_mean, router_field, router_report
 from .server_opt import ServerOptimizer, server_sgd
@@ -84,7 +85,12 @@ def floral(model: MixtureModel, objective: Objective, *, lr: float, lora_lr: flo
                 continue
             avg[k] = routed_mean(v, weights, old[k]) if param_role(k) == "adaptor" else weighted_mean(v, num_examples)
         params, opt = server_opt.update(old, avg, server["opt"])
-        return {"params": params, "opt": opt}
+        if not rc.revive:
+            return {"params": params, "opt": opt}
+        adaptor_keys = [k for k in avg if param_role(k) == "adaptor"]
+        params, revival = revive_step(server["revival"], params, uploads, uploads[MIXTURE_WEIGHT], num_examples,
+                                      adaptor_keys, rc.revive, rc.revive_window)
+        return {"params": params, "opt": opt, "revival": revival}
 
     adaptors = sum(v.numel() for k, v in init_params.items() if param_role(k) == "adaptor")
     base = sum(v.numel() for k, v in init_params.items() if param_role(k) == "base")

@@ -16,6 +16,7 @@ from torch.func import functional_call, grad
 
 from ..adapters import mixture_weights
 from .contract import ChooseByLoss, Objective, Params, task_loss
+from .revival import TWIN, initial_revival, share_twin_prior, without_twin
 from .routing import MIXTURE_WEIGHT, ORACLE_OFF, ROUTER, RouterConfig, initial_logits
 from .server_opt import ServerOptimizer
 
@@ -62,9 +63,14 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
         params = {k: v.clone() for k, v in init_params.items()}
         logits = initial_logits(clusters, num, optimal_router, dtype, gen, rc.init_std)
         initial[ROUTER] = logits.clone()
-        return {"params": params, "opt": server_opt.init(params)}, {ROUTER: logits}
+        server = {"params": params, "opt": server_opt.init(params)}
+        if rc.revive:
+            server["revival"] = initial_revival(num)
+        return server, {ROUTER: logits}
 
     def broadcast(server):
+        if rc.revive:  # the twins of a split, for the clients' priors (C integers)
+            return {**server["params"], TWIN: server["revival"]["twin"]}
         return dict(server["params"])
 
     def routed_loss(logits, params, batch):
@@ -108,26 +114,29 @@ def routed_functions(net: nn.Module, objective: Objective, rc: RouterConfig, num
         pick = torch.where(tied, logits, torch.full_like(logits, -torch.inf)).argmax()
         return torch.where(torch.arange(num, device=logits.device) == pick, 0.0, ORACLE_OFF).to(logits.dtype)
 
-    def selected(logits, losses, n):
+    def selected(logits, losses, n, twin=None):
+        logits = share_twin_prior(logits, twin, rc.temperature)  # the two halves of a split at equal prior
         return choice_from_losses(logits, losses) if rc.select == "loss" else em_from_losses(logits, losses, n)
 
     def candidates(payload):
         # Component c alone: the model with a one-hot router on c (exact with no floor: softmax of ORACLE_OFF
         # is 0), so the losses equal component_losses' with pi = e_c.
+        payload = without_twin(payload)
         like = next(iter(payload.values()))
         onehot = torch.where(torch.eye(num, dtype=torch.bool, device=like.device), 0.0, ORACLE_OFF).to(dtype)
         return {**{k: v.expand(num, *v.shape) for k, v in payload.items()}, ROUTER: onehot}
 
     def pick(payload, client_state, losses, batches):
         n = batches["w"].sum().to(losses.dtype)
-        return {**payload, ROUTER: selected(client_state[ROUTER], losses.to(dtype), n.to(dtype))}
+        logits = selected(client_state[ROUTER], losses.to(dtype), n.to(dtype), payload.get(TWIN))
+        return {**without_twin(payload), ROUTER: logits}
 
     def client_init(payload, client_state, batches):
-        trainable = dict(payload)
+        trainable = without_twin(payload)
         if not optimal_router:
             logits = client_state[ROUTER]
             if rc.select in ("loss", "em"):
-                logits = selected(logits, *component_losses(logits, payload, batches))
+                logits = selected(logits, *component_losses(logits, trainable, batches), payload.get(TWIN))
             elif rc.steps:
                 logits = refresh(logits, payload, batches)
             trainable[ROUTER] = logits

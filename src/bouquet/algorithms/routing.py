@@ -32,7 +32,8 @@ class RouterConfig:
     ``entropy`` * H(pi). Ours, beyond the paper: ``init_std`` (random initial logits), ``steps``
     (router-only steps before each local round), ``select = "loss"`` (one-hot on the lowest-loss component),
     ``select = "em"`` (an EM step per visit: pi_c proportional to pi_c exp(-n_k loss_c), mixed with
-    ``explore`` of the uniform mixture so no component is ever ruled out).
+    ``explore`` of the uniform mixture so no component is ever ruled out), ``revive`` (the server splits a
+    merged component into a dead one: ``algorithms.revival``).
     """
 
     #: router learning rate (logits' SGD step)
@@ -53,6 +54,11 @@ class RouterConfig:
     select: str = "gradient"
     #: router_select = 'em': share of the uniform mixture mixed into each responsibility (exploration)
     explore: float = 0.05
+    #: routers chosen by loss: split the most used component into one whose share of the examples fell below
+    #: this fraction of the fair share 1/C (0: off; ours, ``algorithms.revival``)
+    revive: float = 0.0
+    #: rounds during which the two halves of a split are offered to visiting clients at equal prior
+    revive_window: int = 30
 
     def check(self, s: str) -> None:
         require(self.lr >= 0, f"{s}.router_lr", "a number >= 0", self.lr)
@@ -64,6 +70,11 @@ class RouterConfig:
                 self.steps)
         require(self.select in SELECTIONS, f"{s}.router_select", '"gradient", "loss" or "em"', self.select)
         require(0 <= self.explore <= 1, f"{s}.router_explore", "a number in [0, 1]", self.explore)
+        require(0 <= self.revive < 1, f"{s}.router_revive", "a number in [0, 1)", self.revive)
+        require(self.revive == 0 or self.select in ("loss", "em"), f"{s}.router_revive",
+                '0 unless router_select is "loss" or "em" (revival splits components chosen by loss)', self.revive)
+        require(isinstance(self.revive_window, int) and self.revive_window >= 1, f"{s}.router_revive_window",
+                "an integer >= 1", self.revive_window)
 
     @property
     def closed_form(self) -> bool:
@@ -129,6 +140,9 @@ def router_report(key: str = ROUTER, initial: Mapping[str, Tensor] | None = None
                "router_entropy": float(-(pi * torch.log(pi.clamp_min(1e-30))).sum(-1).mean())}
         if initial is not None and key in initial and initial[key].shape == logits.shape:
             out["router_drift"] = float((logits - initial[key].cpu().to(torch.float64)).norm(dim=-1).mean())
+        if "revival" in server:  # component revival: each component's share of the examples, splits so far
+            out["component_share"] = [round(float(v), 4) for v in server["revival"]["share"]]
+            out["revival_splits"] = int(server["revival"]["splits"])
         return out
 
     return report

@@ -196,7 +196,7 @@ class Simulator:
         ev = summarize(self.client_scores(state), self.clusters)
         if self.alg.report is not None:
             extra = self.alg.report(state.server, state.clients, self.clusters)
-            for key in ("router_ari", "router_entropy", "router_drift"):  # logged by round
+            for key in ("router_ari", "router_entropy", "router_drift", "component_share", "revival_splits"):
                 if key in extra:
                     ev[key] = extra[key]
         return ev
