@@ -34,7 +34,7 @@ from bouquet.flower.deploy import LocalFederation, process_tree
 
 COUNTER = Path(__file__).resolve().parent / "flower_requests"
 ROLES = (("flwr-serverapp", "ServerApp"), ("flower-superexec", "SuperExec"), ("flower-superlink", "SuperLink"),
-         ("bouquet supernode", "SuperNode"))
+         ("bouquet superlink", "SuperLink"), ("bouquet supernode", "SuperNode"))
 
 
 def _role(pid: int) -> str | None:

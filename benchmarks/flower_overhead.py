@@ -25,6 +25,9 @@ round, evaluation every round) three ways, one after the other:
 The process-per-message rows and the first worker rows run with ``packed = false`` (as first measured); the
 simulation row with the default (packed). The ServerApp of every row pulls replies with ``PromptGrid``
 (10 ms first object retry since this commit).
+- since 2026-12-06 every SuperLink is started by ``bouquet superlink`` (Flower's, with its pass-through
+  middleware layers skipped by path: ``bouquet.flower.superlink``), except the row "Flower's own
+  flower-superlink", which is the in-node row with Flower's SuperLink as it ships
 - the floor Flower's deployment runtime sets: one Python process importing Flower's ClientApp API (what
   every ClientApp message costs before any user code), and one importing bouquet's ClientApp (torch too)
 
@@ -77,6 +80,7 @@ SIM_LOOP = "Flower simulation (Ray, 10 SuperNodes), Flower's loop (train, then e
 BOTH_LOOP = BOTH + ", Flower's loop (train, then evaluate)"
 IN_NODE = "Flower deployment, worker in each SuperNode's process, packed records + short waits"
 IN_NODE_HTTP = IN_NODE + ", its Runtime API over HTTP"
+IN_NODE_STOCK = IN_NODE + ", Flower's own flower-superlink (no middleware gates)"
 
 
 def experiment(rounds: int):
@@ -118,7 +122,8 @@ def worker_tasks(logs: Path) -> list[tuple[str, float, float, float]]:
 
 def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = False, workers: bool = False,
                    fast_polls: bool = False, packed: bool = True, short_waits: bool = False,
-                   fold: bool = True, in_node: str | None = None) -> tuple[list[float], float, list[dict], list]:
+                   fold: bool = True, in_node: str | None = None, gated: bool = True
+                   ) -> tuple[list[float], float, list[dict], list]:
     """(seconds per round, wall seconds from start-up to the end of the run, records, worker tasks)."""
     run_config = {"experiment": tomli_w.dumps(resolved_dict(exp)), "algorithm": "fedavg", "seed": 0,
                   "packed": packed, "fold-evaluation": fold}
@@ -136,7 +141,7 @@ def flower_seconds(exp, simulation: bool, supernodes: int, node_data: bool = Fal
             with LocalFederation(tmp, 0 if simulation else supernodes, simulation=simulation,
                                  node_configs=configs, workers=workers, worker_in_node=in_node is not None,
                                  worker_over_http=in_node == "http",
-                                 node_waits=SHORT if short_waits else FLOWER) as fed:
+                                 node_waits=SHORT if short_waits else FLOWER, gated_link=gated) as fed:
                 fcfg = {"num-supernodes": supernodes, "client-resources-num-cpus": 1} if simulation else None
                 res = fed.run_app(write_app(Path(tmp) / "app", run_config), federation_config=fcfg, timeout=3600)
             wall = time.perf_counter() - start
@@ -188,6 +193,7 @@ def main() -> None:
                         (SHORT_WAITS, dict(dep, packed=False, short_waits=True, **old))]
     flower_rows += [(BOTH_LOOP, dict(dep, short_waits=True, **old)), (BOTH, dict(dep, short_waits=True)),
                     (IN_NODE_HTTP, dict(dep, short_waits=True, in_node="http")),
+                    (IN_NODE_STOCK, dict(dep, short_waits=True, in_node="direct", gated=False)),
                     (IN_NODE, dict(dep, short_waits=True, in_node="direct")),
                     (SIM_AGAIN, dict(simulation=True, supernodes=10))]
     loads = {"start": os.getloadavg()}

@@ -1,6 +1,7 @@
 """Benchmark-only diagnostic (``benchmarks/flower_load.py``): count the SuperLink's HTTP requests by route.
 
-Put on ``PYTHONPATH`` with ``BOUQUET_REQUEST_COUNTS=FILE`` set; in a ``flower-superlink`` process it wraps
+Put on ``PYTHONPATH`` with ``BOUQUET_REQUEST_COUNTS=FILE`` set; in a SuperLink process (``flower-superlink`` or
+``bouquet superlink``) it wraps
 Flower 1.42's ``ProtobufTranslationMiddleware.dispatch`` (every Fleet, ServerAppIo and Control request passes
 through it) to count requests per path, and rewrites FILE (JSON, path -> count) twice a second. Any other
 process is left as it is. Nothing is changed in what a request does.
@@ -15,7 +16,10 @@ import time
 
 _FILE = os.environ.get("BOUQUET_REQUEST_COUNTS", "")
 
-if _FILE and sys.argv and os.path.basename(sys.argv[0]) == "flower-superlink":
+_ARGV = " ".join(getattr(sys, "orig_argv", sys.argv))
+_SUPERLINK = "flower-superlink" in _ARGV or "bouquet superlink" in _ARGV
+
+if _FILE and _SUPERLINK:
     from flwr.supercore.protobuf import translation
 
     _counts: collections.Counter = collections.Counter()

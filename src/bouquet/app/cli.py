@@ -106,6 +106,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(flower-supernode --isolation process; 'bouquet node-worker --help', docs/flower.md)")
     sub.add_parser("supernode", add_help=False, help="Flower's flower-supernode with its fixed waits as options "
                    "(--idle-wait, --reply-wait, --object-retry; 'bouquet supernode --help', docs/flower.md)")
+    sub.add_parser("superlink", add_help=False, help="Flower's flower-superlink with its pass-through middleware "
+                   "skipped by path (docs/flower.md)")
     add_bench_parser(sub)
     return p
 
@@ -233,6 +235,12 @@ def _cmd_supernode(argv: list[str]) -> int:
     return supernode_main(argv)
 
 
+def _cmd_superlink(argv: list[str]) -> int:
+    from ..flower.superlink import main as superlink_main  # needs the optional flwr package
+
+    return superlink_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run; configuration, data and file errors print one line and exit with status 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -240,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_node_worker(argv[1:])
     if argv[:1] == ["supernode"]:  # Flower's SuperNode with its waits as options (bouquet.flower.supernode)
         return _cmd_supernode(argv[1:])
+    if argv[:1] == ["superlink"]:  # Flower's SuperLink, pass-through middleware skipped (bouquet.flower.superlink)
+        return _cmd_superlink(argv[1:])
     args = _parser().parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = show_warning

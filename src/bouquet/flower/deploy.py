@@ -132,7 +132,7 @@ class LocalFederation:
                  node_configs: list[dict] | None = None, node_keys: list[NodeKey] | None = None,
                  database: bool = False, workers: bool = False, worker_poll: float = 0.05,
                  node_waits: Waits | None = None, worker_in_node: bool = False,
-                 worker_over_http: bool = False):
+                 worker_over_http: bool = False, gated_link: bool = True):
         self.dir = Path(workdir)
         self.home = self.dir / "flwr-home"
         self.logs = self.dir / "logs"
@@ -150,6 +150,8 @@ class LocalFederation:
         self.worker_in_node = workers and worker_in_node
         # an in-node worker calls its SuperNode's Runtime API handlers directly, or over HTTP as a separate one does
         self.worker_over_http = worker_over_http
+        # ``bouquet superlink``: Flower's SuperLink with its pass-through middleware layers skipped by path
+        self.gated_link = gated_link
         # the SuperNodes' fixed waits (Flower's 3 s idle poll...): short ones beside workers unless told
         self.node_waits = node_waits if node_waits is not None else SHORT if workers else FLOWER
         self.port = free_port()
@@ -210,7 +212,9 @@ class LocalFederation:
 
     def start_superlink(self) -> subprocess.Popen:
         """Start the SuperLink on this federation's port (again, after ``kill_superlink``) and wait for it."""
-        args = [_bin("flower-superlink"), *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
+        launcher = ([sys.executable, "-m", "bouquet", "superlink", "--"] if self.gated_link
+                    else [_bin("flower-superlink")])
+        args = [*launcher, *self._security(True), "--host", "127.0.0.1", "--port", str(self.port),
                 "--disable-runtime-dependency-installation"]
         if self.simulation:
             args.append("--simulation")
