@@ -203,6 +203,15 @@ class FloralEMOptions(FloralOptions):
 
 
 @dataclass(frozen=True)
+class FloralEMReviveOptions(FloralOptions):
+    """Ours: ``floral_em`` whose server revives a component left without clients (revive 0.25, fixed beforehand;
+    switched on by mnist5k label shift's selection seeds 100-105, where it undid the one lock-in and changed nothing
+    else)."""
+
+    router: RouterConfig = router_field(init_std=1.0, select="em", explore=0.05, revive=0.25)
+
+
+@dataclass(frozen=True)
 class FloralPaperOptions(FloralOptions):
     """The official code's behaviour: noise 1, floor 0.01, random adaptor bias, damped server, conv rank bug."""
 
@@ -250,6 +259,8 @@ for _name, _opts, _summary in (
     ("floral_10_opt", Floral10OptimalOptions, "FLoRAL 10% with the optimal (true-cluster) router"),
     ("floral_clean", FloralCleanOptions, "FLoRAL 1% in the paper's clean form: zero router init, temperature 1"),
     ("floral_em", FloralEMOptions, "FLoRAL 1% with EM routers: pi_c proportional to pi_c exp(-n_k loss_c) (ours)"),
+    ("floral_em_revive", FloralEMReviveOptions, "floral_em with component revival: a component left without "
+     "clients takes half of the most used one (ours)"),
     ("floral_paper", FloralPaperOptions, "FLoRAL as the official code runs it (noise, floor, bias init, damping)"),
 ):
     register(_name, _opts, _summary)(_floral_builder(_name))
