@@ -40,7 +40,7 @@ def run_local(algorithm: str):
 
 
 @pytest.mark.parametrize("fold", [True, False], ids=["folded", "flowers-loop"])
-@pytest.mark.parametrize("algorithm", ["fedavg", "local", FLORAL, "fedavg_ft"])
+@pytest.mark.parametrize("algorithm", ["fedavg", "local", FLORAL, "fedavg_ft", "floral_em_revive"])
 def test_same_metrics_as_local_sequential_engine(algorithm, fold):
     _, flower, _ = run_flower(algorithm, fold=fold)
     local = run_local(algorithm)
