@@ -205,8 +205,8 @@ class FloralEMOptions(FloralOptions):
 @dataclass(frozen=True)
 class FloralEMReviveOptions(FloralOptions):
     """Ours: ``floral_em`` whose server revives a component left without clients (revive 0.25, fixed beforehand;
-    switched on by mnist5k label shift's selection seeds 100-105, where it undid the one lock-in and changed nothing
-    else)."""
+    switched on by mnist5k label shift's selection seeds 100-105, where it undid the one lock-in and, not firing on
+    the others, left them as they were up to float rounding)."""
 
     router: RouterConfig = router_field(init_std=1.0, select="em", explore=0.05, revive=0.25)
 
