@@ -60,7 +60,6 @@ def test_twins_share_their_prior_mass_and_other_components_keep_theirs():
     assert torch.equal(share_twin_prior(logits, None, 2.0), logits)
 
 
-
 def _em_run(revive: float):
     data = build_dataset(DataSpec(name="synthetic_linear", num_clients=10, num_clusters=2))
     torch.manual_seed(0)
